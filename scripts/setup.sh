@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install phaselab into it. Idempotent; safe to run before every command.
+# torch: with an NVIDIA GPU, the default (CUDA) build; without one, torch==2.13.0, which on CPU
+# machines that carry its CPU wheel locally installs without downloading CUDA packages.
+# Override with PHASELAB_TORCH="torch==X.Y.Z" (or any pip requirement).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.phaselab-installed
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if [ -n "${PHASELAB_TORCH:-}" ]; then spec=$PHASELAB_TORCH
+  elif command -v nvidia-smi >/dev/null 2>&1; then spec=torch
+  else spec=torch==2.13.0
+  fi
+  echo "setup: installing $spec"
+  pip install "$spec"
+fi
+echo "setup: installing phaselab and its dependencies"
+pip install -e ".[dev,launchers]"
+touch "$stamp"
