@@ -1,0 +1,76 @@
+"""Command line: score every run below a directory and write the analysis report.
+
+    python -m analysis multirun/2024-01-01/12-00-00 [--steps 100,200] [--last] [--device cpu]
+        [--wandb online|offline|disabled] [--out DIR]
+
+Writes `<out>/scores.csv` (incremental: checkpoints already scored are not scored again),
+`<out>/summary.csv`, `<out>/figures/*.png` and `<out>/report.md`; `<out>` defaults to
+`<dir>/analysis`. A bad run or checkpoint is reported as a warning and skipped; a directory
+without any run exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from analysis import emergence, plots
+from analysis.report import log_to_wandb, write_report
+from analysis.runs import find_runs, score
+
+log = logging.getLogger("analysis")
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--steps={text!r}: expected comma-separated integers, e.g. 100,200") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
+    parser.add_argument("dir", type=Path, help="a run directory or a Hydra multirun directory")
+    parser.add_argument("--steps", type=_steps, help="only these checkpoint steps, e.g. 100,200")
+    parser.add_argument("--last", action="store_true", help="only each run's last checkpoint")
+    parser.add_argument("--device", default="cpu", help="torch device for scoring (default cpu)")
+    parser.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"),
+                        help="also log tables and figures to wandb (default disabled)")
+    parser.add_argument("--out", type=Path, help="output directory (default <dir>/analysis)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    out = args.out or args.dir / "analysis"
+    try:
+        runs = find_runs(args.dir)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    if not runs:
+        log.error("no runs under %s: no directory with .hydra/config.yaml", args.dir)
+        return 2
+    log.info("scoring %d runs under %s", len(runs), args.dir)
+    df = score(args.dir, steps=args.steps, last=args.last, device=args.device, out=out,
+               runs=runs)
+    if df.empty:
+        log.error("no checkpoint under %s could be scored", args.dir)
+        return 1
+    summary = emergence.summarize(df)
+    summary.to_csv(out / "summary.csv", index=False)
+    figures = plots.make_figures(df, runs, out / "figures")
+    report = write_report(df, summary, figures, runs, out, title=args.dir.resolve().name)
+    if args.wandb != "disabled":
+        log_to_wandb(df, summary, figures, runs, out, group=args.dir.resolve().name,
+                     mode=args.wandb)
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

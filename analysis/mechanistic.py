@@ -1,0 +1,161 @@
+"""Mechanistic progress measures, and `score_checkpoint`, which assembles every score of a model.
+
+- Induction heads (Olsson et al. 2022): prefix-matching and previous-token scores per head from
+  the attention patterns, the in-context-learning score and the loss on repeated tokens.
+- Grokking (Nanda et al. 2023): the sum of squared weights and the sparsity of the number
+  embeddings in the Fourier basis over Z_p.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange, reduce
+from torch import Tensor
+
+from analysis import metrics
+from analysis.evaluate import Outputs, evaluate
+from tasks.modular import Modular
+
+
+@torch.no_grad()
+def _attention_to(model, tokens: Tensor, key: Tensor, batch_size: int = 256) -> Tensor:
+    """Mean attention [n_layers, n_heads] from each query q to key position key[b, q], over the
+    (example, query) pairs with key >= 0."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for lo in range(0, tokens.shape[0], batch_size):
+            keys = key[lo : lo + batch_size].to(device)
+            _, cache = model(tokens[lo : lo + batch_size].to(device), cache=True)
+            patterns = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(len(model.blocks))]
+            pattern = torch.stack(patterns)  # [L, B, H, Q, K]
+            n_layers, _, n_heads, _, _ = pattern.shape
+            index = keys.clamp(min=0)[None, :, None, :, None].expand(n_layers, -1, n_heads, -1, 1)
+            to_key = pattern.gather(-1, index).squeeze(-1)  # [L, B, H, Q]
+            counted = (keys >= 0)[None, :, None, :]
+            total = total + reduce(to_key * counted, "l b h q -> l h", "sum").float().cpu()
+            count += int(counted.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def prefix_matching(model, batch) -> Tensor:
+    """Prefix-matching score [n_layers, n_heads] (Olsson et al. 2022): mean attention from each
+    query with batch.attend >= 0 to the token after the earlier occurrence of the query's token.
+    A perfect induction head scores ~1; uniform causal attention scores the mean of 1/(q+1)."""
+    return _attention_to(model, batch.tokens, batch.attend)
+
+
+def previous_token_score(model, batch) -> Tensor:
+    """Mean attention [n_layers, n_heads] from each position q >= 1 to position q - 1: the
+    previous-token heads that induction heads compose with."""
+    n, seq = batch.tokens.shape
+    previous = torch.arange(-1, seq - 1).expand(n, -1)  # -1 at q = 0: not counted
+    return _attention_to(model, batch.tokens, previous)
+
+
+def _loss_by_position(out: Outputs) -> Tensor:
+    """Mean loss at each position [T] over all examples (NaN where not computed)."""
+    return -out.logprob.double().mean(0)
+
+
+def icl_score(out: Outputs, early: int | None = None, late: int | None = None) -> float:
+    """In-context-learning score (Olsson et al. 2022): mean loss at a late position minus mean
+    loss at an early one; negative when later tokens, with more context, are predicted better.
+
+    Olsson compare the 500th and the 50th token. Defaults keep their 10:1 ratio for short
+    contexts: `late` = the last position, `early` = late / 10, moved up to the first position
+    whose logits were computed (`task.loss_start`)."""
+    loss = _loss_by_position(out)
+    late = loss.shape[0] - 1 if late is None else late
+    if early is None:
+        first = int(loss.isfinite().nonzero()[0])
+        early = max(round(late / 10), first)
+    return (loss[late] - loss[early]).item()
+
+
+def induction_loss(out: Outputs) -> float:
+    """Mean loss on the repeated tokens: the masked positions whose next token an induction
+    head can copy (attend >= 0); all masked positions if the batch has no `attend`."""
+    counted = out.mask if out.attend is None else out.mask & (out.attend >= 0)
+    return -out.logprob[counted].double().mean().item()
+
+
+def weight_norm(model) -> float:
+    """Sum of squared weights over every parameter, which falls as the generalizing circuit
+    replaces memorization (Nanda et al. 2023)."""
+    return sum(p.detach().double().square().sum().item() for p in model.parameters())
+
+
+def fourier_basis(p: int) -> Tensor:
+    """Orthonormal Fourier basis over Z_p [p, p]: row 0 constant, then cos k and sin k for
+    k = 1 .. (p - 1) / 2 (p odd), as in Nanda et al. 2023."""
+    if p % 2 == 0:
+        raise ValueError(f"task.p={p}: the Fourier view needs an odd modulus")
+    x = torch.arange(p, dtype=torch.float64)
+    rows = [torch.ones(p, dtype=torch.float64)]
+    for k in range(1, p // 2 + 1):
+        rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
+    basis = torch.stack(rows)
+    return basis / basis.norm(dim=1, keepdim=True)
+
+
+def fourier_embedding(model, p: int, n_key: int = 5) -> dict:
+    """The number embeddings W_E[:p] in the Fourier basis over Z_p (Nanda et al. 2023).
+
+    Returns `norms` (the embedding's norm at each frequency k = 0 .. (p - 1) / 2, cos and sin
+    together), `key_frequencies` (the `n_key` largest, k >= 1: Nanda et al. find about five) and
+    `top_fraction` (their share of the embedding's squared norm; ~n_key / (p / 2) at random
+    init, near 1 once the embedding is sparse in frequency)."""
+    embedding = model.embed.weight[:p].detach().double().cpu()  # [p, d_model]
+    squared = (fourier_basis(p) @ embedding).square().sum(1)  # [p] per basis vector
+    # Pair cos k (row 2k - 1) with sin k (row 2k); k = 0 is the constant alone.
+    paired = rearrange(squared[1 : 1 + 2 * (p // 2)], "(k two) -> k two", two=2).sum(1)
+    per_freq = torch.cat([squared[:1], paired])  # [p // 2 + 1]
+    top = per_freq[1:].topk(min(n_key, p // 2)).indices + 1
+    return {
+        "norms": per_freq.sqrt().tolist(),
+        "key_frequencies": sorted(top.tolist()),
+        "top_fraction": (per_freq[top].sum() / per_freq.sum()).item(),
+    }
+
+
+def _fixed_sets(task) -> dict:
+    sets = {"eval": task.eval_set(), "train_eval": task.train_eval_set(), "ood": task.ood_set()}
+    return {name: batch for name, batch in sets.items() if batch is not None and len(batch)}
+
+
+def score_checkpoint(model, task) -> dict[str, float]:
+    """Every score that applies to `model` on `task`: `metrics.compute` on the eval, train_eval
+    and ood sets (prefixed `eval/`, `train_eval/`, `ood/`); induction measures when the eval
+    set marks induction targets (`attend`); grokking measures for modular addition."""
+    scores, outputs = {}, {}
+    for name, batch in _fixed_sets(task).items():
+        outputs[name] = evaluate(model, task, batch)
+        scores |= {f"{name}/{k}": v for k, v in metrics.compute(outputs[name]).items()}
+
+    eval_set = task.eval_set()
+    if eval_set.attend is not None and "eval" in outputs:
+        matching = prefix_matching(model, eval_set)
+        for layer, heads in enumerate(matching.tolist()):
+            for head, value in enumerate(heads):
+                scores[f"prefix_matching/L{layer}H{head}"] = value
+        scores["prefix_matching_max"] = matching.max().item()
+        scores["previous_token_max"] = previous_token_score(model, eval_set).max().item()
+        scores["icl_score"] = icl_score(outputs["eval"])
+        scores["induction_loss"] = induction_loss(outputs["eval"])
+
+    if isinstance(task, Modular):
+        scores["weight_norm"] = weight_norm(model)
+        # Train accuracy minus test accuracy: ~1 while memorized, ~0 once grokked.
+        gap = scores["train_eval/exact_match"] - scores.get("eval/exact_match", float("nan"))
+        scores["train_test_gap"] = gap
+        if task.cfg.op == "add":  # the Fourier circuit is the known algorithm for addition
+            scores["fourier_top_fraction"] = fourier_embedding(model, task.cfg.p)["top_fraction"]
+    return scores
+

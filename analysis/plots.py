@@ -1,0 +1,301 @@
+"""Figures: a scores table (see analysis.runs.score) in, a matplotlib Figure out.
+
+Built on `matplotlib.figure.Figure` rather than pyplot, so no global figure state or GUI backend
+is involved (PNG through Agg); in a notebook a returned Figure displays itself. Parameters,
+FLOPs and steps are drawn on log axes (symlog when step 0 is present). Curves average over
+seeds, with each seed's points drawn faintly behind.
+
+`make_figures` draws every figure that applies to the data at hand and saves them as PNG.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from analysis import emergence, mechanistic
+from analysis.runs import BAD_ITEM, Run
+
+HEAD = re.compile(r"prefix_matching/L(\d+)H(\d+)")
+MIRAGE_METRICS = ("exact_match", "token_accuracy", "edit_distance", "answer_logprob")
+
+
+def _set_log_x(ax, x) -> None:
+    x = np.asarray(x, dtype=float)
+    positive = x[x > 0]
+    if len(positive) and (x <= 0).any():
+        ax.set_xscale("symlog", linthresh=positive.min())
+    elif len(positive):
+        ax.set_xscale("log")
+
+
+def _final(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last checkpoint."""
+    return df[df["step"] == df.groupby("run")["step"].transform("max")]
+
+
+def _series_keys(df: pd.DataFrame, exclude=()) -> list[str]:
+    """Coordinates (not size, not seed) that take more than one value: one line each."""
+    coords = [c for c in df.columns if c not in emergence.TABLE_COLUMNS]
+    skip = {*emergence.SIZE_COORDS, "seed", *exclude}
+    return [c for c in coords if c not in skip and df[c].nunique(dropna=False) > 1]
+
+
+def _label(keys: list[str], values) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+
+
+def _by(df: pd.DataFrame, keys: list[str]):
+    return df.groupby(keys, dropna=False) if keys else [((), df)]
+
+
+def _mean_line(ax, series: pd.DataFrame, x: str, label: str) -> None:
+    """Mean over seeds as a line, every seed's point faintly behind it."""
+    curve = series.groupby(x)["value"].mean()
+    (line,) = ax.plot(curve.index, curve.to_numpy(), marker="o", label=label)
+    ax.scatter(series[x], series["value"], s=12, alpha=0.3, color=line.get_color())
+
+
+def _pick_steps(df: pd.DataFrame, k: int = 6) -> list[int]:
+    """Up to k steps, evenly spread over the checkpoints every run has (log-spaced when the
+    checkpoints are)."""
+    common = sorted(set.intersection(*(set(g["step"]) for _, g in df.groupby("run"))))
+    picked = np.unique(np.round(np.linspace(0, len(common) - 1, k)).astype(int))
+    return [common[i] for i in picked] if common else []
+
+
+def metric_vs_params(df: pd.DataFrame, metric: str, steps: list[int] | None = None) -> Figure:
+    """`metric` against parameter count, one line per training step (budget)."""
+    table = df[df["metric"] == metric]
+    steps = _pick_steps(table) if steps is None else steps
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    keys = _series_keys(table)
+    if steps:
+        table = table[table["step"].isin(steps)]
+        keys = [*keys, "step"]
+    else:  # the runs share no step: compare each run's last checkpoint
+        table = _final(table)
+    for key, series in _by(table, keys):
+        _mean_line(ax, series, "params", _label(keys, key) or "final")
+    _set_log_x(ax, table["params"])
+    ax.set(xlabel="parameters", ylabel=metric, title=f"{metric} vs parameters")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def metric_vs_step(df: pd.DataFrame, metric: str) -> Figure:
+    """`metric` against training step, one line per run."""
+    table = df[df["metric"] == metric]
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for run, series in table.groupby("run", sort=False):
+        series = series.sort_values("step")
+        ax.plot(series["step"], series["value"], marker=".", label=f"{run} ({_params(series)})")
+    _set_log_x(ax, table["step"])
+    ax.set(xlabel="step", ylabel=metric, title=f"{metric} during training")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _params(series: pd.DataFrame) -> str:
+    return f"{int(series['params'].iloc[0]):,} params"
+
+
+def mirage(df: pd.DataFrame, prefix: str = "eval/") -> Figure:
+    """Exact and continuous metrics of the same runs side by side against parameters (at each
+    run's last checkpoint), and the p^L prediction beside measured exact match (Schaeffer et al.
+    2023)."""
+    table = _final(df)
+    names = [m for m in MIRAGE_METRICS if prefix + m in set(table["metric"])]
+    fig = Figure(figsize=(3.2 * (len(names) + 1), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(names) + 1, squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=False):
+        _mean_line(ax, table[table["metric"] == prefix + name], "params", name)
+        ax.set(xlabel="parameters", ylabel=prefix + name, title=name)
+    ax = axes[-1]
+    for name, label in (("exact_match", "measured"),
+                        ("predicted_exact_match_from_mean", "token accuracy ^ L"),
+                        ("predicted_exact_match_from_positions", "product over positions")):
+        series = table[table["metric"] == prefix + name]
+        if len(series):
+            _mean_line(ax, series, "params", label)
+    ax.set(xlabel="parameters", ylabel="exact match", title="p^L check")
+    ax.legend(fontsize="small")
+    for ax in axes:
+        _set_log_x(ax, table["params"])
+    return fig
+
+
+def grokking_curves(table: pd.DataFrame, title: str = "") -> Figure:
+    """Train and test accuracy against step, sum of squared weights on a twin axis. `table` has
+    one row per step (index or `step` column) and any of the columns train_eval/exact_match,
+    eval/exact_match, weight_norm (e.g. metrics.jsonl joined with scores)."""
+    table = table.set_index("step") if "step" in table.columns else table
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for column, label in (("train_eval/exact_match", "train"), ("eval/exact_match", "test")):
+        if column in table:
+            curve = table[column].dropna()
+            ax.plot(curve.index, curve.to_numpy(), label=f"{label} accuracy")
+    ax.set(xlabel="step", ylabel="accuracy", title=title or "grokking")
+    handles, labels = ax.get_legend_handles_labels()
+    if "weight_norm" in table:
+        twin = ax.twinx()
+        curve = table["weight_norm"].dropna()
+        twin.plot(curve.index, curve.to_numpy(), color="gray", linestyle="--",
+                  label="sum of squared weights")
+        twin.set_ylabel("sum of squared weights")
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    _set_log_x(ax, table.index)
+    ax.legend(handles, labels, fontsize="small")
+    return fig
+
+
+def induction_phase_change(df: pd.DataFrame) -> Figure:
+    """Induction loss against step per run, its phase change (steepest fall per log-step)
+    marked, and the largest prefix-matching score on a twin axis (Olsson et al. 2022)."""
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    twin = ax.twinx() if "prefix_matching_max" in set(df["metric"]) else None
+    for run, series in df.groupby("run", sort=False):
+        wide = series.pivot_table(index="step", columns="metric", values="value")
+        (line,) = ax.plot(wide.index, wide["induction_loss"], label=f"{run} ({_params(series)})")
+        change = emergence.phase_change_step(wide.index, wide["induction_loss"])
+        if np.isfinite(change):
+            ax.axvline(change, color=line.get_color(), linestyle=":", alpha=0.8)
+        if twin is not None:
+            twin.plot(wide.index, wide["prefix_matching_max"], color=line.get_color(),
+                      linestyle="--", alpha=0.6)
+    _set_log_x(ax, df["step"])
+    ax.set(xlabel="step", ylabel="induction loss (solid; dotted: phase change)",
+           title="induction heads: loss on repeated tokens")
+    if twin is not None:
+        twin.set_ylabel("max prefix matching (dashed)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def prefix_matching_heatmap(df: pd.DataFrame, run: str | None = None,
+                            step: int | None = None) -> Figure:
+    """Prefix-matching score of every head (layer x head) of one checkpoint; by default the
+    checkpoint with the highest score of all."""
+    if run is None or step is None:
+        best = df[df["metric"] == "prefix_matching_max"].sort_values("value").iloc[-1]
+        run, step = best["run"], int(best["step"])
+    rows = df[(df["run"] == run) & (df["step"] == step)]
+    heads = {tuple(map(int, m.groups())): v for name, v in zip(rows["metric"], rows["value"],
+             strict=True) if (m := HEAD.fullmatch(name))}
+    matrix = np.full((max(k[0] for k in heads) + 1, max(k[1] for k in heads) + 1), np.nan)
+    for (layer, head), value in heads.items():
+        matrix[layer, head] = value
+    fig = Figure(figsize=(1.2 + 0.8 * matrix.shape[1], 1.2 + 0.7 * matrix.shape[0]),
+                 layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    for (layer, head), value in heads.items():
+        ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize="small",
+                color="white" if value < 0.5 else "black")
+    ax.set(xlabel="head", ylabel="layer", xticks=range(matrix.shape[1]),
+           yticks=range(matrix.shape[0]), title=f"prefix matching, {run} step {step}")
+    fig.colorbar(image, ax=ax)
+    return fig
+
+
+@torch.no_grad()
+def attention_pattern(model, batch, layer: int | None = None, head: int | None = None,
+                      example: int = 0, vocab: list[str] | None = None) -> Figure:
+    """Attention pattern of one head on one sequence of `batch`, by default the head with the
+    highest prefix-matching score; dots mark where an induction head should attend."""
+    if layer is None or head is None:
+        scores = mechanistic.prefix_matching(model, batch)
+        layer, head = divmod(int(scores.argmax()), scores.shape[1])
+    tokens = batch.tokens[example : example + 1].to(next(model.parameters()).device)
+    was_training = model.training
+    _, cache = model.eval()(tokens, cache=True)
+    model.train(was_training)
+    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head].float().cpu().numpy()
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(pattern, cmap="Blues", vmin=0, vmax=1)
+    if batch.attend is not None:
+        query = np.flatnonzero(batch.attend[example].cpu().numpy() >= 0)
+        key = batch.attend[example].cpu().numpy()[query]
+        ax.scatter(key, query, s=6, color="red", label="induction target")
+        ax.legend(fontsize="small", loc="upper right")
+    if vocab is not None and len(pattern) <= 48:
+        labels = [vocab[t] for t in tokens[0].tolist()]
+        ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set(xlabel="key position", ylabel="query position",
+           title=f"attention pattern, layer {layer} head {head}")
+    fig.colorbar(image, ax=ax)
+    return fig
+
+
+def _run_table(df: pd.DataFrame, run: Run | None, name: str) -> pd.DataFrame:
+    """One row per step: the run's metrics.jsonl (denser, logged in training), filled in with
+    its scores."""
+    scores = df[df["run"] == name].pivot_table(index="step", columns="metric", values="value")
+    logged = run.metrics() if run is not None else pd.DataFrame()
+    if "step" not in logged:
+        return scores
+    return logged.groupby("step").mean(numeric_only=True).combine_first(scores)
+
+
+def make_figures(df: pd.DataFrame, runs: list[Run], outdir: str | Path) -> list[Path]:
+    """Draw and save (PNG) every figure that applies to the scores at hand; returns the paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    by_name = {run.name: run for run in runs}
+    figures: dict[str, Figure] = {}
+    for task, table in df.groupby("task", sort=False):
+        metrics = set(table["metric"])
+        main = "eval/exact_match" if "eval/exact_match" in metrics else "eval/loss"
+        if table["params"].nunique() > 1 and main in metrics:
+            figures[f"{task}_vs_params"] = metric_vs_params(table, main)
+            if {"eval/token_accuracy", "eval/edit_distance"} <= metrics:
+                figures[f"{task}_mirage"] = mirage(table)
+        if table["step"].nunique() > 1:
+            for metric in sorted({main, "eval/loss"} & metrics):
+                figures[f"{task}_{metric.replace('/', '_')}_vs_step"] = metric_vs_step(
+                    table, metric)
+        if "weight_norm" in metrics:
+            for name in table["run"].unique():
+                wide = _run_table(table, by_name.get(name), name)
+                figures[f"{task}_grokking_{name}"] = grokking_curves(wide, f"grokking, {name}")
+        if "induction_loss" in metrics:
+            figures[f"{task}_induction"] = induction_phase_change(table)
+        if "prefix_matching_max" in metrics:
+            figures[f"{task}_prefix_matching"] = prefix_matching_heatmap(table)
+            figures[f"{task}_attention"] = _top_head_attention(table, by_name)
+    paths = []
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        path = outdir / (re.sub(r"[^\w.-]+", "_", name) + ".png")
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    return paths
+
+
+def _top_head_attention(df: pd.DataFrame, runs: dict[str, Run]) -> Figure | None:
+    """attention_pattern of the checkpoint with the highest prefix-matching score, or None
+    if that checkpoint cannot be loaded."""
+    best = df[df["metric"] == "prefix_matching_max"].sort_values("value").iloc[-1]
+    run = runs.get(best["run"])
+    if run is None:
+        return None
+    try:
+        model = run.load_model(int(best["step"]))
+        task = run.task()
+    except BAD_ITEM:
+        return None
+    return attention_pattern(model, task.eval_set(), vocab=task.vocab)

@@ -1,0 +1,137 @@
+"""The analysis report: a markdown file naming every run with its coordinates and final metrics,
+the emergence statistics, and the figures; optionally the same tables and figures in a wandb
+run with job_type="analysis".
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from analysis.runs import Run
+
+log = logging.getLogger(__name__)
+
+# Final metrics shown per run, where the run has them.
+KEY_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
+               "eval/answer_logprob", "eval/loss", "train_eval/exact_match", "ood/exact_match",
+               "prefix_matching_max", "induction_loss", "weight_norm", "fourier_top_fraction")
+STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
+SUMMARY_COLUMNS = ("axis", "metric", "statistic", "value", "seed_mean", "ci_low", "ci_high",
+                   "n_seeds")
+EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "phase_change_step",
+          "coincides_with_prefix_matching")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float | np.floating):
+        return "" if np.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table (numbers to 4 significant digits, NaN blank)."""
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def runs_table(df: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
+    """One row per run: its coordinates, size, last scored step and final KEY_METRICS."""
+    rows = []
+    for run in runs:
+        scored = df[df["run"] == run.name] if len(df) else df
+        row = {"run": run.name, **run.coords}
+        if len(scored):
+            final = scored[scored["step"] == scored["step"].max()]
+            values = dict(zip(final["metric"], final["value"], strict=True))
+            row |= {"params": int(final["params"].iloc[0]), "step": int(final["step"].iloc[0])}
+            row |= {m: values[m] for m in KEY_METRICS if m in values}
+        else:
+            row["step"] = "not scored"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def statistics_table(summary: pd.DataFrame, axis: str, statistics,
+                     prefix: str = "") -> pd.DataFrame:
+    """One row per series and metric (those starting with `prefix`) on `axis`, one column per
+    statistic: the values of the seed-averaged curves."""
+    if summary.empty:
+        return pd.DataFrame()
+    rows = summary[(summary["axis"] == axis) & summary["statistic"].isin(statistics)
+                   & summary["metric"].str.startswith(prefix)]
+    if rows.empty:
+        return pd.DataFrame()
+    keys = [c for c in rows.columns if c not in SUMMARY_COLUMNS and rows[c].notna().any()]
+    series = [", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True) if pd.notna(v))
+              for values in rows[keys].itertuples(index=False)]
+    table = rows.assign(series=series).pivot_table(
+        index=["series", "metric"], columns="statistic", values="value", aggfunc="first")
+    return table[[s for s in statistics if s in table.columns]].reset_index()
+
+
+def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
+                 runs: list[Run], out: str | Path, title: str) -> Path:
+    """Write `<out>/report.md`; figure links are relative to it."""
+    out = Path(out)
+    sizes = statistics_table(summary, "params", STATISTICS, prefix="eval/")
+    events = statistics_table(summary, "step", EVENTS)
+    checkpoints = df[["run", "step"]].drop_duplicates().shape[0] if len(df) else 0
+    parts = [
+        f"# Analysis: {title}",
+        f"{len(runs)} runs, {checkpoints} scored checkpoints. Tables: `scores.csv` (one row per "
+        "run x checkpoint x metric), `summary.csv` (emergence statistics).",
+        "## Runs",
+        "Coordinates and metrics at the last scored checkpoint.",
+        markdown_table(runs_table(df, runs)),
+    ]
+    if len(sizes):
+        parts += [
+            "## Emergence across model sizes",
+            "Statistics of each metric against parameters at every run's last checkpoint, on "
+            "the seed-averaged curve: `transition` is the parameter count where the metric "
+            "crosses the middle of its range, `sharpness` its largest change per decade, "
+            "`linearity` and `breakthroughness` BIG-bench's (Srivastava et al. 2022; "
+            "breakthroughness is also Schaeffer et al. 2023's emergence score). An exact metric "
+            "with high breakthroughness beside a continuous one with high linearity is the "
+            "metric mirage.",
+            markdown_table(sizes),
+        ]
+    if len(events):
+        parts += ["## Events during training",
+                  "Grokking: first steps where train and test accuracy reach 0.99. Induction: "
+                  "the steepest fall of the induction loss per log-step, and whether it lies "
+                  "within one checkpoint of the steepest rise of prefix matching.",
+                  markdown_table(events)]
+    if figures:
+        parts.append("## Figures")
+        parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
+    path = out / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
+
+
+def log_to_wandb(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
+                 runs: list[Run], out: Path, group: str, mode: str) -> None:
+    """Log the tables (wandb.Table) and figures (wandb.Image) to a run with
+    job_type="analysis"; a failure is logged as a warning, never raised."""
+    try:
+        import wandb
+
+        config = runs[0].config
+        with wandb.init(project=OmegaConf.select(config, "wandb.project", default="phaselab"),
+                        entity=OmegaConf.select(config, "wandb.entity", default=None),
+                        job_type="analysis", group=group, name=f"analysis-{group}", mode=mode,
+                        dir=str(out)) as run:
+            run.log({"scores": wandb.Table(dataframe=df),
+                     "summary": wandb.Table(dataframe=summary),
+                     **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
+    except Exception as e:  # wandb is a mirror of the files written; never fatal
+        log.warning("wandb logging failed, the report and tables are on disk: %s", e)

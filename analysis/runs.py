@@ -1,0 +1,207 @@
+"""Find training runs on disk, load their checkpoints, and score them into one tidy table.
+
+The run directory is the only input (docs/architecture.md): `.hydra/config.yaml` (and
+`overrides.yaml`), `metrics.jsonl`, `checkpoints/step_NNNNNNN/model.safetensors`,
+`summary.json`. This is the I/O edge of `analysis/`; everything downstream is pure.
+
+A bad item (an unreadable config, a run without checkpoints, a corrupt checkpoint) is logged as
+one warning naming its path and skipped, so the other runs are still scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+import models
+import tasks
+from analysis.mechanistic import score_checkpoint
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"step_(\d+)")
+# Coordinates every run has where its config sets them: name -> config key.
+BASE_COORDS = {"task": "task.kind", "op": "task.op", "digits": "task.digits", "p": "task.p",
+               "d_model": "model.d_model", "n_layers": "model.n_layers", "seed": "seed"}
+# What a broken run or checkpoint raises (a corrupt file, a config this code cannot build).
+BAD_ITEM = (ValueError, KeyError, AttributeError, TypeError, OSError)
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # the run's path relative to the directory searched: the `run` column
+    config: DictConfig
+    coords: dict = field(default_factory=dict)
+
+    def _checkpoint_dirs(self) -> dict[int, Path]:
+        found = {}
+        for weights in (self.path / "checkpoints").glob("step_*/model.safetensors"):
+            if match := STEP_DIR.fullmatch(weights.parent.name):
+                found[int(match.group(1))] = weights
+        return dict(sorted(found.items()))
+
+    def checkpoints(self) -> list[int]:
+        """Steps that have saved weights, ascending."""
+        return list(self._checkpoint_dirs())
+
+    def load_model(self, step: int | None = None, device: str = "cpu"):
+        """The model saved at `step` (None = the last checkpoint), in eval mode."""
+        return self.load_checkpoint(step, device)[0]
+
+    def load_checkpoint(self, step: int | None = None, device: str = "cpu"):
+        """(model, metadata) saved at `step` (None = last); metadata holds step, tokens, flops."""
+        model, meta = models.load_model(self.checkpoint_path(step), device=device)
+        return model.eval(), meta
+
+    def checkpoint_path(self, step: int | None = None) -> Path:
+        """The weights file of `step` (None = the last checkpoint)."""
+        paths = self._checkpoint_dirs()
+        if not paths:
+            raise ValueError(f"{self.path} has no checkpoints (checkpoints/step_*/"
+                             f"model.safetensors)")
+        step = max(paths) if step is None else step
+        if step not in paths:
+            raise ValueError(f"step={step}: no checkpoint in {self.path}; steps: {list(paths)}")
+        return paths[step]
+
+    def task(self, device: str = "cpu") -> tasks.Task:
+        return tasks.build(OmegaConf.to_container(self.config.task, resolve=True), device)
+
+    def metrics(self) -> pd.DataFrame:
+        """metrics.jsonl as a table, one row per logged event (an unreadable line, such as the
+        last line of a killed run, is skipped with a warning)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return pd.DataFrame()
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("skipping unreadable line %d of %s", number, path)
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict:
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _natural_key(path: Path) -> list:
+    """Sort multirun job directories 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _coords(config: DictConfig, overrides: list[str]) -> dict:
+    """Run coordinates: the BASE_COORDS its config sets, plus every sweep override (its value
+    as resolved in the config; a config-group choice such as `model=small` as written). An
+    override is named by its last key component (`optim.lr` -> `lr`), or in full where that
+    name is taken; one whose full name is taken too (e.g. `task=modular`) adds nothing."""
+    coords, source = {}, {}
+    for name, key in BASE_COORDS.items():
+        value = OmegaConf.select(config, key, default=None)
+        if value is not None:
+            coords[name], source[name] = value, key
+    for override in overrides:
+        key, _, raw = override.lstrip("+~").partition("=")
+        if key.startswith("hydra"):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        if source.get(name, key) != key:
+            name = key
+        if source.get(name, key) != key:
+            continue
+        value = OmegaConf.select(config, key, default=None)
+        coords[name] = raw if value is None or OmegaConf.is_config(value) else value
+        source[name] = key
+    return coords
+
+
+def find_runs(path: str | Path) -> list[Run]:
+    """Every run below `path` (a single run's directory or a Hydra multirun directory): the
+    directories holding `.hydra/config.yaml`. Unreadable configs are skipped with a warning."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory")
+    runs = []
+    for config_path in sorted(root.rglob(".hydra/config.yaml"), key=_natural_key):
+        run_dir = config_path.parent.parent
+        overrides_path = config_path.with_name("overrides.yaml")
+        try:
+            config = OmegaConf.load(config_path)
+            overrides = list(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
+            coords = _coords(config, overrides)
+        except (*BAD_ITEM, yaml.YAMLError) as e:
+            log.warning("skipping %s: unreadable config (%s)", run_dir, e)
+            continue
+        name = run_dir.relative_to(root).as_posix()
+        runs.append(Run(run_dir, root.name if name == "." else name, config, coords))
+    return runs
+
+
+def _selected_steps(run: Run, steps: list[int] | None, last: bool) -> list[int]:
+    available = run.checkpoints()
+    if not available:
+        log.warning("skipping %s: no checkpoints (checkpoints/step_*/model.safetensors)",
+                    run.path)
+        return []
+    if steps is not None:
+        missing = sorted(set(steps) - set(available))
+        if missing:
+            log.warning("%s has no checkpoint at steps %s", run.path, missing)
+        available = [s for s in available if s in steps]
+    return available[-1:] if last else available
+
+
+def _rows(run: Run, step: int, model, meta: dict, scores: dict[str, float]) -> pd.DataFrame:
+    common = {"run": run.name, **run.coords, "params": model.num_params(),
+              "non_embedding_params": model.num_params(non_embedding=True), "step": step,
+              "tokens": meta.get("tokens"), "flops": meta.get("flops")}
+    return pd.DataFrame([{**common, "metric": k, "value": v} for k, v in scores.items()])
+
+
+def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
+          device: str = "cpu", out: str | Path | None = None,
+          runs: list[Run] | None = None) -> pd.DataFrame:
+    """Score every checkpoint of every run below `path` into a tidy table: one row per
+    run x checkpoint x metric, with the run's coordinates, parameter counts, step, tokens and
+    training FLOPs. `steps` keeps only those steps, `last` only each run's last checkpoint.
+
+    Incremental: `<out>/scores.csv` (out defaults to `<path>/analysis`) is read first, (run,
+    step) pairs already there are not scored again, and the file is rewritten after each run.
+    `runs` (default: find_runs(path)) saves a second search when the caller has them."""
+    runs = find_runs(path) if runs is None else runs
+    if not runs:
+        raise ValueError(f"no runs under {path}: no directory with .hydra/config.yaml")
+    csv = Path(out or Path(path) / "analysis") / "scores.csv"
+    table = pd.read_csv(csv, dtype={"run": str}) if csv.exists() else pd.DataFrame()
+    done = set(zip(table["run"], table["step"], strict=True)) if len(table) else set()
+    for run in runs:
+        todo = [s for s in _selected_steps(run, steps, last) if (run.name, s) not in done]
+        if not todo:
+            continue
+        try:
+            task = run.task(device)
+        except BAD_ITEM as e:
+            log.warning("skipping %s: cannot build its task (%s)", run.path, e)
+            continue
+        scored = []
+        for step in todo:
+            try:
+                model, meta = run.load_checkpoint(step, device)
+            except BAD_ITEM as e:
+                log.warning("skipping checkpoint %s: %s", run.checkpoint_path(step), e)
+                continue
+            scored.append(_rows(run, step, model, meta, score_checkpoint(model, task)))
+        if scored:
+            table = pd.concat([t for t in (table, *scored) if len(t)], ignore_index=True)
+            csv.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(csv, index=False)
+    return table

@@ -1,0 +1,236 @@
+"""GPT: the decoder-only transformer every phaselab experiment trains.
+
+Pre-norm blocks (attention, then an optional MLP) on a residual stream, in the spirit of
+nanoGPT, with the switches the experiments vary: norm type, position encoding, attention-only
+blocks, tied embeddings, standard or muP parametrization. Two forward paths share the weights:
+
+- training path, `model(tokens, start=0)`: attention through `F.scaled_dot_product_attention`;
+  `start` drops the final layer's work on positions whose logits nobody reads;
+- inspection path, `model(tokens, cache=True)`: the same computation with attention patterns
+  computed explicitly and activations recorded under TransformerLens hook names.
+
+Shapes: B batch, T positions, Q query positions, K key positions, H heads, D d_head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor, nn
+
+from models.config import GPTConfig
+from models.ladder import flops_per_token
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=1e-5)  # fixed eps: the dtype default is large in bf16
+    return nn.Identity()
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021), rotating the two halves of each head."""
+
+    def __init__(self, d_head: int, n_ctx: int, base: float = 10_000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
+        angles = torch.outer(torch.arange(n_ctx, dtype=torch.float32), inv_freq)  # [n_ctx, D/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [n_ctx, D]
+        # Recomputable from the config, so kept out of the state dict.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, offset: int) -> Tensor:
+        """x [B, H, T, D] holding positions offset..offset+T-1 -> rotated x."""
+        positions = slice(offset, offset + x.shape[-2])
+        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        d_attn = cfg.n_heads * cfg.d_head
+        # Queries apart from keys and values, so `start` can skip the queries nobody reads.
+        self.q = nn.Linear(cfg.d_model, d_attn, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * d_attn, bias=cfg.bias)
+        self.out = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
+        self.rotary = Rotary(cfg.d_head, cfg.n_ctx) if cfg.pos == "rotary" else None
+        # muP scales logits by 1/d_head: once q and k correlate, q.k grows like d_head, not
+        # its square root (Yang et al. 2022, Tensor Programs V, Sec. 4).
+        self.scale = 1 / cfg.d_head if cfg.parametrization == "mup" else 1 / math.sqrt(cfg.d_head)
+
+    def forward(self, x: Tensor, start: int, cache: dict | None, name: str) -> Tensor:
+        """x [B, T, d_model] -> [B, T - start, d_model]: queries at positions >= start only,
+        keys and values at every position. With `cache`, stores the pattern under `name`."""
+        q = rearrange(self.q(x[:, start:]), "b q (h d) -> b h q d", h=self.n_heads)
+        k, v = rearrange(self.kv(x), "b k (two h d) -> two b h k d", two=2, h=self.n_heads)
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset=start), self.rotary(k, offset=0)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None and start == 0:
+            z = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale
+            )
+        else:
+            # SDPA's is_causal aligns the mask top-left, which is wrong once queries start at
+            # `start`: query i sits at position start + i and sees keys 0..start + i.
+            T = x.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[start:]  # [Q, K]
+            if cache is None:
+                z = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=causal, dropout_p=dropout, scale=self.scale
+                )
+            else:
+                scores = einsum(q, k, "b h q d, b h k d -> b h q k") * self.scale
+                pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+                cache[name] = pattern
+                z = F.dropout(pattern, dropout) @ v
+        return self.out(rearrange(z, "b h q d -> b q (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.act = nn.GELU() if cfg.act == "gelu" else nn.ReLU()  # exact erf GELU, not tanh
+        self.proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1, self.attn = make_norm(cfg), Attention(cfg)
+        self.ln2 = None if cfg.attn_only else make_norm(cfg)
+        self.mlp = None if cfg.attn_only else MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, start: int, cache: dict | None, name: str) -> Tensor:
+        """x [B, T, d_model] -> [B, T - start, d_model]; records into `cache` if given."""
+        if cache is not None:
+            cache[name + "hook_resid_pre"] = x
+        attn = self.attn(self.ln1(x), start, cache, name + "attn.hook_pattern")
+        x = x[:, start:] + self.drop(attn)
+        if self.mlp is not None:
+            x = x + self.drop(self.mlp(self.ln2(x)))
+        if cache is not None:
+            cache[name + "hook_resid_post"] = x
+        return x
+
+
+def param_kind(name: str, p: Tensor) -> str:
+    """embedding | readout | hidden | no_decay: decides init, muP learning rate and decay."""
+    if name.startswith(("embed.", "pos_embed.")):
+        return "embedding"
+    if name.startswith("unembed."):
+        return "readout"
+    return "hidden" if p.ndim == 2 else "no_decay"  # 1-d: biases and norm gains
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg = cfg.complete()
+        # muP's width multiplier (Yang et al. 2022): d_model relative to mup_base_width.
+        mup = cfg.parametrization == "mup"
+        self.width_mult = cfg.d_model / cfg.mup_base_width if mup else 1.0
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = make_norm(cfg)
+        untied = not cfg.tie_embeddings
+        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False) if untied else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init times `init_scale`: weights N(0, init_std), output projections into the
+        residual stream shrunk by 1/sqrt(2 n_layers), biases 0, norm gains 1. Under muP the
+        hidden matrices' std is further divided by sqrt(width_mult), so their init variance
+        falls like 1/fan_in (Yang et al. 2022, Table 3)."""
+        cfg = self.cfg
+        hidden_std = cfg.init_std / math.sqrt(self.width_mult)
+        for name, p in self.named_parameters():
+            kind = param_kind(name, p)
+            if kind == "no_decay":
+                p.fill_(0.0 if name.endswith("bias") else 1.0)
+            elif kind == "hidden":
+                residual_out = name.endswith(("attn.out.weight", "mlp.proj.weight"))
+                std = hidden_std / math.sqrt(2 * cfg.n_layers) if residual_out else hidden_std
+                nn.init.normal_(p, std=std)
+            else:
+                nn.init.normal_(p, std=cfg.init_std)
+            p.mul_(cfg.init_scale)  # Omnigrok scales every initial weight (Liu et al. 2023)
+
+    def forward(self, tokens: Tensor, start: int = 0, cache: bool = False):
+        """tokens [B, T] int64 -> logits [B, T - start, d_vocab]; with cache=True, returns
+        (logits, cache) with `hook_embed`, `blocks.{i}.hook_resid_pre`,
+        `blocks.{i}.attn.hook_pattern` [B, H, Q, K] and `blocks.{i}.hook_resid_post`, all over
+        every position."""
+        T = tokens.shape[1]
+        if self.cfg.n_ctx < T:
+            raise ValueError(f"sequence of {T} tokens exceeds model.n_ctx={self.cfg.n_ctx}")
+        if not 0 <= start < T:
+            raise ValueError(f"start={start} must be in [0, {T}) for a sequence of {T} tokens")
+        store = {} if cache else None
+        x = self.embed(tokens)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.weight[:T]
+        if store is not None:
+            store["hook_embed"] = x
+        x = self.drop(x)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            # Earlier layers need every position: the last layer's keys and values read them.
+            skip = start if i == last and store is None else 0
+            x = block(x, skip, store, f"blocks.{i}.")
+        x = self.ln_f(x[:, start - T :])
+        logits = F.linear(x, self.embed.weight if self.unembed is None else self.unembed.weight)
+        if self.cfg.parametrization == "mup":
+            logits = logits / self.width_mult  # muP readout multiplier (Yang et al. 2022)
+        return (logits, store) if cache else logits
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; non_embedding leaves out token and position embeddings and the
+        untied unembedding (Kaplan et al. 2020)."""
+        skip = ("embedding", "readout") if non_embedding else ()
+        return sum(p.numel() for n, p in self.named_parameters() if param_kind(n, p) not in skip)
+
+    def flops_per_token(self) -> int:
+        return flops_per_token(self.cfg)
+
+    def param_groups(self, lr: float, weight_decay: float, decay_embeddings: bool = False):
+        """Parameter groups for torch.optim.AdamW, the one place that decides per-parameter
+        learning rates and weight decay.
+
+        muP with Adam (Yang et al. 2022, Table 3): hidden matrices, whose fan-in grows with
+        width, learn at lr / width_mult; embeddings, the readout, biases and norm gains at lr.
+        Under standard parametrization every group gets lr. Weight decay skips biases, norm
+        gains and, unless decay_embeddings, the embeddings (with tied embeddings, that includes
+        the readout); the untied readout matrix is decayed like the hidden ones. Schedules must
+        scale each group's own lr (as LambdaLR does), not overwrite it."""
+        settings = {
+            "hidden": (lr / self.width_mult, weight_decay),
+            "readout": (lr, weight_decay),
+            "embedding": (lr, weight_decay if decay_embeddings else 0.0),
+            "no_decay": (lr, 0.0),
+        }
+        params = {kind: [] for kind in settings}
+        for name, p in self.named_parameters():
+            params[param_kind(name, p)].append(p)
+        return [
+            {"name": kind, "params": ps, "lr": settings[kind][0], "weight_decay": settings[kind][1]}
+            for kind, ps in params.items()
+            if ps
+        ]

@@ -1,0 +1,237 @@
+"""What every task shares: the `Batch` it yields, the `Task` interface, and the logic two or more
+tasks use -- splitting a full sequence into model inputs and targets, sampling from a finite
+training pool, the seeded hash that holds problems out of training, collecting distinct problems
+for fixed sets, the context/vocabulary check and decoding.
+
+A task builds full sequences `seq` [B, L]; the model reads `tokens = seq[:, :-1]` and predicts
+`targets = seq[:, 1:]`, so `seq_len = T = L - 1`. `mask` [B, T] marks the targets that loss and
+metrics count. Prompt/answer tasks put every prompt at positions 0..P-1 of `tokens` (left-padded
+where lengths differ), so the answer is `targets[:, P-1 : P-1+answer_len]`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# Hashes live in [0, _PRIME): a product of two residues stays below 2**62, so int64 never overflows.
+_PRIME = 2**31 - 1
+_BASE = 1_000_003
+_MIX = 48_271  # the MINSTD multiplier, a primitive root mod 2**31 - 1
+
+
+@dataclass
+class Batch:
+    tokens: Tensor  # [B, T] int64, model input
+    targets: Tensor  # [B, T] int64, next token at each position
+    mask: Tensor  # [B, T] bool, positions counted by loss and metrics
+    attend: Tensor | None = None  # [B, T] int64, induction target position per query, -1 = none
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, rows) -> Batch:
+        attend = None if self.attend is None else self.attend[rows]
+        return Batch(self.tokens[rows], self.targets[rows], self.mask[rows], attend)
+
+    def to(self, device: torch.device | str) -> Batch:
+        attend = None if self.attend is None else self.attend.to(device)
+        return Batch(self.tokens.to(device), self.targets.to(device), self.mask.to(device), attend)
+
+
+def split(seq: Tensor, counted: Tensor, attend: Tensor | None = None) -> Batch:
+    """Batch from full sequences seq [B, L] and `counted` [B, L] (which tokens of seq are scored;
+    the first token never is: nothing predicts it)."""
+    return Batch(seq[:, :-1], seq[:, 1:], counted[:, 1:], attend)
+
+
+def require(ok: bool, field: str, value: object, rule: str) -> None:
+    """Raise the config error users see: the key as they would type it, its value, the rule."""
+    if not ok:
+        raise ValueError(f"task.{field}={value!r}: {rule}")
+
+
+def stream_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one fixed set (eval, pool, ...), independent of the other sets' sizes."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream) % 2**63)
+
+
+def _mix(h: Tensor) -> Tensor:
+    """Nonlinear scramble of residues mod _PRIME, so that nearby inputs land far apart."""
+    h = (h * _MIX + 1) % _PRIME
+    h = (h * h + _BASE) % _PRIME
+    return (h ^ (h >> 13)) % _PRIME
+
+
+def hash_rows(rows: Tensor, seed: int) -> Tensor:
+    """Seeded hash of each row of non-negative ints (< 2**31) [B, n] -> [B] in [0, 2**31 - 1).
+
+    A polynomial hash mod a prime with a nonlinear mix per step, all in int64 without overflow;
+    the seed changes the whole partition, so each data seed holds out different problems."""
+    h = _mix(torch.full(rows.shape[:1], seed % _PRIME, dtype=torch.int64, device=rows.device))
+    for column in rows.unbind(-1):  # a loop over columns, vectorized over the batch
+        h = _mix((h * _BASE + column + 1) % _PRIME)
+    return h
+
+
+def in_test_bucket(rows: Tensor, seed: int, fraction: float) -> Tensor:
+    """[B] bool: the problems (rows) held out for testing, about `fraction` of all of them."""
+    return hash_rows(rows, seed) < round(fraction * _PRIME)
+
+
+Sampler = Callable[[int, torch.Generator], Tensor]  # (n, generator) -> problems [n, width]
+
+
+def fresh_outside_bucket(
+    sample: Sampler, is_test: Callable[[Tensor], Tensor], n: int, generator: torch.Generator,
+    rounds: int = 4,
+) -> tuple[Tensor, Tensor]:
+    """Sample n training problems, redrawing the rows that fall in the test bucket a few times
+    without a host sync. Returns (problems, still_test [n] bool): the caller zeroes the mask of
+    rows still in the bucket (about fraction**(rounds + 1) of them), so they are never trained on.
+    """
+    problems = sample(n, generator)
+    for _ in range(rounds):
+        problems = torch.where(is_test(problems)[:, None], sample(n, generator), problems)
+    return problems, is_test(problems)
+
+
+def unique_rows(rows: Tensor) -> Tensor:
+    """The distinct rows of [n, w] non-negative ints, sorted; through one int64 key per row when
+    the rows fit one (25x faster than torch.unique(dim=0) on millions of rows)."""
+    base = int(rows.max()) + 1 if rows.numel() else 1
+    if base ** rows.shape[1] >= 2**63:
+        return rows.unique(dim=0)
+    key = (rows * base ** torch.arange(rows.shape[1] - 1, -1, -1, device=rows.device)).sum(1)
+    keys, inverse = key.unique(return_inverse=True)
+    first = torch.empty_like(keys).scatter_(0, inverse, torch.arange(len(rows), device=rows.device))
+    return rows[first]
+
+
+def distinct_problems(
+    sample: Sampler, keep: Callable[[Tensor], Tensor], n: int, generator: torch.Generator,
+    field: str, space: int,
+) -> Tensor:
+    """n distinct problems drawn from `sample` among those where `keep` holds, in random order
+    (host-side, for fixed sets). Raises naming `task.<field>` when fewer than n seem to exist:
+    three rounds in a row (of doubling size) that keep problems but find none new, or 256 draws
+    per problem of the whole space (`space` problems) without finding enough."""
+    found = sample(0, generator)
+    stale, drawn, chunk = 0, 0, max(4 * n, 1024)
+    while len(found) < n:
+        kept = (candidates := sample(chunk, generator))[keep(candidates)]
+        before = len(found)
+        found = unique_rows(torch.cat([found, kept]))
+        stale = stale + 1 if len(kept) and len(found) == before else 0
+        drawn += chunk
+        require(len(found) >= n or (stale < 3 and drawn < min(2**27, 256 * space)), field, n,
+                f"found only {len(found)} distinct problems of this kind")
+        chunk = min(2 * chunk, 2**22)
+    return found[torch.randperm(len(found), generator=generator)[:n]]
+
+
+def sample_rows(pool: Batch, batch_size: int | None, generator: torch.Generator) -> Batch:
+    """A minibatch drawn with replacement from a finite pool, or the whole pool (None)."""
+    pool = pool.to(generator.device)
+    if batch_size is None:
+        return pool
+    return pool[torch.randint(len(pool), (batch_size,), generator=generator,
+                              device=generator.device)]
+
+
+class Task:
+    """The interface every task implements; see docs/architecture.md.
+
+    Subclasses set the attributes below, build their fixed sets (`_eval`, `_train_eval`, and
+    optionally `_pool`, the finite training set, and `_ood`) in `__init__` on `device`, and
+    implement `fresh_batch` if they have no finite training set."""
+
+    vocab: list[str]
+    seq_len: int
+    prompt_len: int | None = None
+    answer_len: int | None = None
+    stop_token: int | None = None
+    loss_start: int = 0
+    pad_token: int | None = None  # left out by decode
+    sep: str = ""  # printed between token strings
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self._pool: Batch | None = None
+        self._ood: Batch | None = None
+        self._eval: Batch
+        self._train_eval: Batch
+
+    @property
+    def d_vocab(self) -> int:
+        return len(self.vocab)
+
+    def train_batch(self, batch_size: int | None, generator: torch.Generator) -> Batch:
+        """A training batch on the generator's device; None = the whole finite training set."""
+        if self._pool is not None:
+            return sample_rows(self._pool, batch_size, generator)
+        if batch_size is None:
+            raise ValueError(f"full-batch training needs a finite training set; this "
+                             f"{type(self).__name__} task samples fresh problems (set a batch size"
+                             f" or task.train_size where the task has one)")
+        return self.fresh_batch(batch_size, generator)
+
+    def fresh_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
+
+    def train_set(self) -> Batch | None:
+        return self._pool
+
+    def eval_set(self) -> Batch:
+        return self._eval
+
+    def train_eval_set(self) -> Batch:
+        return self._train_eval
+
+    def ood_set(self) -> Batch | None:
+        return self._ood
+
+    def decode(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
+        """Readable string of one sequence [T] (or a list for [B, T]); pad tokens left out."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [self.decode(row) for row in tokens]
+        return self.sep.join(self.vocab[t] for t in tokens.tolist() if t != self.pad_token)
+
+    def decode_answer(self, answer: Tensor | Sequence[int]) -> str | list[str]:
+        """The answer for display: tokens up to the stop token (excluded)."""
+        answer = torch.as_tensor(answer)
+        if answer.ndim == 2:
+            return [self.decode_answer(row) for row in answer]
+        ids = answer.tolist()
+        if self.stop_token in ids:
+            ids = ids[: ids.index(self.stop_token)]
+        return self.answer_order(self.decode(ids))
+
+    def answer_order(self, text: str) -> str:
+        """The answer as a reader writes it, from the answer as the task writes it."""
+        return text
+
+    def encode(self, text: str) -> Tensor:
+        """Token ids [T] of a string written as `decode` writes it (longest vocab match first)."""
+        if self.sep:
+            return torch.tensor([self.vocab.index(s) for s in text.split(self.sep)])
+        words = sorted(self.vocab, key=len, reverse=True)
+        pieces = re.findall("|".join(map(re.escape, words)), text)
+        if "".join(pieces) != text:
+            raise ValueError(f"cannot encode {text!r} with vocabulary {self.vocab}")
+        return torch.tensor([self.vocab.index(s) for s in pieces])
+
+    def check_model(self, n_ctx: int, d_vocab: int) -> None:
+        """Raise naming the model field if the model cannot read this task's sequences."""
+        if n_ctx < self.seq_len:
+            raise ValueError(f"model.n_ctx={n_ctx} is shorter than the {self.seq_len} positions "
+                             f"this task's sequences need (task.seq_len); raise model.n_ctx or "
+                             f"leave it unset")
+        if d_vocab < self.d_vocab:
+            raise ValueError(f"model.d_vocab={d_vocab} is smaller than the task's {self.d_vocab}"
+                             f" tokens; raise model.d_vocab or leave it unset")

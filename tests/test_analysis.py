@@ -1,0 +1,524 @@
+"""Tests of analysis/: metrics on hand-computed outputs, evaluation, mechanistic scores on
+hand-set attention, emergence statistics on synthetic curves, and the command line end to end
+on a tiny two-run sweep built here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+import models
+import tasks
+from analysis import emergence, mechanistic, metrics, plots, runs
+from analysis.__main__ import main
+from analysis.evaluate import Outputs, evaluate
+from tasks import Batch
+
+STOP = 9
+
+
+def answer_outputs(answer, generated, answer_mask=None, logprob=None, stop_token=STOP):
+    """Outputs of a prompt/answer task with prompt_len 1: answer positions are 0 .. A-1."""
+    answer, generated = torch.tensor(answer), torch.tensor(generated)
+    mask = torch.ones_like(answer, dtype=torch.bool) if answer_mask is None else torch.tensor(
+        answer_mask)
+    logprob = torch.zeros(answer.shape) if logprob is None else torch.tensor(logprob)
+    return Outputs(logprob=logprob, correct=generated == answer, brier=torch.zeros(answer.shape),
+                   mask=mask, prompt_len=1, answer=answer, generated=generated,
+                   answer_mask=mask, stop_token=stop_token)
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_exact_match_is_all_or_nothing_while_token_accuracy_gives_partial_credit():
+    out = answer_outputs(answer=[[1, 2, 3], [1, 2, 3], [1, 2, 3]],
+                         generated=[[1, 2, 3], [1, 0, 3], [0, 0, 0]], stop_token=None)
+    assert metrics.exact_match(out) == pytest.approx(1 / 3)
+    assert metrics.token_accuracy(out) == pytest.approx(5 / 9)
+    assert metrics.per_position_accuracy(out).tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    predicted = metrics.predicted_exact_match(out)
+    assert predicted["from_mean"] == pytest.approx((5 / 9) ** 3)
+    assert predicted["from_positions"] == pytest.approx(2 / 3 * 1 / 3 * 2 / 3)
+
+
+def test_exact_match_ignores_unmasked_answer_positions():
+    out = answer_outputs(answer=[[1, 2, STOP]], generated=[[1, 2, 7]],
+                         answer_mask=[[True, True, False]])
+    assert metrics.exact_match(out) == 1.0
+    assert metrics.token_accuracy(out) == 1.0
+
+
+@pytest.mark.parametrize(("generated", "distance"), [
+    ([1, 2, 3, STOP, 5], 0),  # exact, tokens after the stop token ignored
+    ([1, 3, STOP, 4, 4], 1),  # a deletion
+    ([1, 2, 2, 3, STOP], 1),  # an insertion
+    ([1, 5, 3, STOP, 0], 1),  # a substitution
+    ([STOP, 1, 2, 3, 0], 3),  # stops at once: everything deleted
+    ([1, 2, 3, 4, 4], 2),  # never stops: the whole answer counts
+    ([3, 2, 1, STOP, 0], 2),
+])
+def test_edit_distance_counts_insertions_deletions_and_cuts_at_the_stop_token(generated, distance):
+    out = answer_outputs(answer=[[1, 2, 3, STOP, 0]], generated=[generated],
+                         answer_mask=[[True, True, True, True, False]])
+    assert metrics.edit_distance(out) == distance
+    assert metrics.edit_distance_norm(out) == pytest.approx(distance / 3)
+
+
+def _levenshtein_reference(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 3), max_size=6),
+                          st.lists(st.integers(0, 3), max_size=6)), min_size=1, max_size=5))
+def test_vectorized_levenshtein_matches_the_textbook_dynamic_programme(pairs):
+    width = 6
+    pad = lambda xs: xs + [0] * (width - len(xs))
+    a = torch.tensor([pad(x) for x, _ in pairs])
+    b = torch.tensor([pad(y) for _, y in pairs])
+    lengths = lambda side: torch.tensor([len(pair[side]) for pair in pairs])
+    got = metrics.levenshtein(a, lengths(0), b, lengths(1))
+    assert got.tolist() == [_levenshtein_reference(x, y) for x, y in pairs]
+
+
+def test_answer_logprob_sums_the_answer_tokens_and_averages_over_examples():
+    out = answer_outputs(answer=[[1, 2, STOP], [1, STOP, 0]], generated=[[1, 2, STOP]] * 2,
+                         answer_mask=[[True, True, True], [True, True, False]],
+                         logprob=[[-0.1, -0.2, -0.3], [-1.0, -2.0, -5.0]])
+    assert metrics.answer_logprob(out) == pytest.approx(((-0.6) + (-3.0)) / 2)
+    assert metrics.loss(out) == pytest.approx((0.1 + 0.2 + 0.3 + 1.0 + 2.0) / 5)
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits [B, T, V] are given; honours `start`."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, tokens, start=0):
+        return self.logits[: tokens.shape[0], start : tokens.shape[1]]
+
+
+def test_evaluate_scores_log_probability_brier_and_correctness_of_each_target():
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]],
+                          [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]])
+    model = FixedLogits(probs.log())
+    task = SimpleNamespace(prompt_len=1, answer_len=1, stop_token=None, loss_start=0)
+    batch = Batch(tokens=torch.zeros(2, 2, dtype=torch.long), targets=torch.tensor([[0, 2], [1, 2]]),
+                  mask=torch.tensor([[True, False], [True, False]]))
+    out = evaluate(model, task, batch)
+    assert out.logprob[:, 0].tolist() == pytest.approx([math.log(0.7), math.log(0.2)])
+    assert out.brier[:, 0].tolist() == pytest.approx([0.09 + 0.04 + 0.01, 0.49 + 0.64 + 0.01])
+    assert out.correct[:, 0].tolist() == [True, False]
+    assert out.generated.tolist() == [[0], [0]]
+    scores = metrics.compute(out)
+    assert scores["brier"] == pytest.approx((0.14 + 1.14) / 2)
+    assert scores["exact_match"] == 0.5
+    assert scores["loss"] == pytest.approx(-(math.log(0.7) + math.log(0.2)) / 2)
+    assert model.training  # evaluate restores the mode it found
+
+
+def tiny_gpt(task, d_model=16, n_layers=1, seed=0) -> models.GPT:
+    torch.manual_seed(seed)
+    return models.GPT(models.GPTConfig(d_vocab=len(task.vocab), n_ctx=task.seq_len,
+                                       d_model=d_model, n_layers=n_layers, d_head=8))
+
+
+def test_greedy_generation_matches_a_token_by_token_reference_and_chunking():
+    task = tasks.build({"kind": "arithmetic", "digits": 2, "test_fraction": 0.2,
+                        "eval_size": 40})
+    model = tiny_gpt(task, n_layers=2)
+    batch = task.eval_set()
+    out = evaluate(model, task, batch, batch_size=7)
+    seq = batch.tokens[:, : task.prompt_len]
+    with torch.no_grad():
+        for _ in range(task.answer_len):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out.generated, seq[:, task.prompt_len :])
+    whole = evaluate(model, task, batch)
+    assert torch.allclose(out.logprob[out.mask], whole.logprob[whole.mask], atol=1e-5)
+    assert metrics.compute(out)["exact_match"] == metrics.compute(whole)["exact_match"]
+
+
+def test_metrics_without_an_answer_split_score_every_masked_position_teacher_forced():
+    correct = torch.tensor([[True, True, False], [True, True, True]])
+    out = Outputs(logprob=torch.full((2, 3), -0.5), correct=correct, brier=torch.zeros(2, 3),
+                  mask=torch.tensor([[False, True, True], [False, True, True]]))
+    scores = metrics.compute(out)
+    assert scores["exact_match"] == 0.5
+    assert scores["token_accuracy"] == 0.75
+    assert "edit_distance" not in scores and "brier" not in scores
+    assert scores["answer_logprob"] == pytest.approx(-1.0)
+
+
+# --- mechanistic --------------------------------------------------------------------------
+
+
+class FakeAttention(torch.nn.Module):
+    """Returns a hand-made cache of attention patterns, like GPT(tokens, cache=True)."""
+
+    def __init__(self, patterns: list[torch.Tensor]):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Identity() for _ in patterns)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.patterns = patterns
+
+    def forward(self, tokens, cache=False):
+        n = tokens.shape[0]
+        return None, {f"blocks.{i}.attn.hook_pattern": p[:n] for i, p in enumerate(self.patterns)}
+
+
+def repeated_batch(n=4, half=6, vocab=20, seed=0) -> Batch:
+    """Random tokens repeated once; attend points at the token after the earlier occurrence."""
+    g = torch.Generator().manual_seed(seed)
+    first = torch.stack([torch.randperm(vocab, generator=g)[:half] for _ in range(n)])
+    seq = torch.cat([first, first], dim=1)
+    positions = torch.arange(2 * half - 1)
+    attend = torch.where(positions >= half, positions - half + 1, -1).expand(n, -1)
+    mask = (attend >= 0).clone()
+    return Batch(seq[:, :-1], seq[:, 1:], mask, attend.clone())
+
+
+def test_prefix_matching_is_one_for_an_induction_head_and_the_uniform_baseline_otherwise():
+    batch = repeated_batch()
+    n, seq = batch.tokens.shape
+    causal = torch.ones(seq, seq).tril()
+    uniform = (causal / causal.sum(1, keepdim=True)).expand(n, seq, seq)
+    key = torch.where(batch.attend >= 0, batch.attend, torch.arange(seq))
+    induction = torch.nn.functional.one_hot(key, seq).float()
+    previous = torch.nn.functional.one_hot((torch.arange(seq) - 1).clamp(min=0), seq).float()
+    layer0 = torch.stack([uniform, previous.expand(n, -1, -1)], dim=1)  # [B, H, Q, K]
+    layer1 = torch.stack([induction, uniform], dim=1)
+    model = FakeAttention([layer0, layer1])
+
+    score = mechanistic.prefix_matching(model, batch)
+    counted = torch.arange(seq)[batch.attend[0] >= 0]
+    baseline = (1 / (counted + 1)).mean().item()
+    assert score.shape == (2, 2)
+    assert score[1, 0].item() == pytest.approx(1.0)
+    assert score[0, 0].item() == pytest.approx(baseline)
+    assert score[1, 1].item() == pytest.approx(baseline)
+    assert mechanistic.previous_token_score(model, batch)[0, 1].item() == pytest.approx(1.0)
+
+
+def test_prefix_matching_on_a_real_model_reads_its_attention_patterns():
+    batch = repeated_batch(half=4)
+    task = SimpleNamespace(vocab=[str(i) for i in range(20)], seq_len=batch.tokens.shape[1])
+    model = tiny_gpt(task, n_layers=2)
+    score = mechanistic.prefix_matching(model, batch)
+    assert score.shape == (2, 2)
+    assert ((score > 0) & (score < 1)).all()
+
+
+def test_icl_score_and_induction_loss_read_the_per_position_losses():
+    logprob = torch.tensor([[-4.0, -4.0, -3.0, -1.0, -0.5, -0.1]] * 2)
+    attend = torch.tensor([[-1, -1, -1, 1, 2, 3]] * 2)
+    out = Outputs(logprob=logprob, correct=torch.zeros(2, 6, dtype=torch.bool),
+                  brier=torch.zeros(2, 6), mask=torch.ones(2, 6, dtype=torch.bool), attend=attend)
+    assert mechanistic.icl_score(out) == pytest.approx(0.1 - 4.0)  # last (5) minus 5 // 10 = 0
+    assert mechanistic.icl_score(out, early=2, late=4) == pytest.approx(0.5 - 3.0)
+    assert mechanistic.induction_loss(out) == pytest.approx((1.0 + 0.5 + 0.1) / 3)
+
+
+def test_fourier_embedding_finds_the_frequency_an_embedding_is_built_from():
+    p, k = 13, 4
+    x = torch.arange(p, dtype=torch.float32)
+    weight = torch.zeros(p + 1, 8)
+    weight[:p, 0] = torch.cos(2 * math.pi * k * x / p)
+    weight[:p, 1] = 3 * torch.sin(2 * math.pi * k * x / p)
+    model = SimpleNamespace(embed=torch.nn.Embedding.from_pretrained(weight))
+    view = mechanistic.fourier_embedding(model, p, n_key=1)
+    assert view["key_frequencies"] == [k]
+    assert view["top_fraction"] == pytest.approx(1.0)
+    random = mechanistic.fourier_embedding(
+        SimpleNamespace(embed=torch.nn.Embedding(p + 1, 32)), p, n_key=1)
+    assert random["top_fraction"] < 0.5
+
+
+def test_weight_norm_is_the_sum_of_squared_parameters():
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        layer.bias.fill_(3.0)
+    assert mechanistic.weight_norm(layer) == pytest.approx(14.0)
+
+
+# --- emergence ----------------------------------------------------------------------------
+
+PARAMS = np.logspace(3, 7, 17)
+SIGMOID = 1 / (1 + np.exp(-6 * (np.log10(PARAMS) - 5.2)))
+LINEAR = (np.log10(PARAMS) - 3) / 4
+
+
+def test_transition_point_is_where_the_curve_crosses_mid_range_in_log_x():
+    assert emergence.transition_point(PARAMS, SIGMOID) == pytest.approx(10**5.2, rel=0.05)
+    assert emergence.transition_point(PARAMS, LINEAR) == pytest.approx(1e5, rel=1e-6)
+    assert emergence.transition_point(PARAMS, 1 - SIGMOID) == pytest.approx(10**5.2, rel=0.05)
+    assert math.isnan(emergence.transition_point(PARAMS, np.ones_like(PARAMS)))
+
+
+def test_a_sigmoid_in_log_scale_is_sharper_and_more_breakthrough_than_a_linear_curve():
+    assert emergence.sharpness(PARAMS, SIGMOID) > 4 * emergence.sharpness(PARAMS, LINEAR)
+    assert emergence.breakthroughness(SIGMOID) > 5 * emergence.breakthroughness(LINEAR)
+    assert emergence.linearity(LINEAR) > emergence.linearity(SIGMOID)
+    assert emergence.emergence_score(SIGMOID) == emergence.breakthroughness(SIGMOID)
+    assert emergence.breakthroughness(-SIGMOID) == pytest.approx(
+        -emergence.breakthroughness(SIGMOID))
+    # Equal steps: RMS and root-median-square agree, both give I / step = number of steps.
+    assert emergence.linearity(LINEAR) == pytest.approx(16)
+    assert emergence.breakthroughness(LINEAR) == pytest.approx(16)
+
+
+def test_grokking_steps_finds_memorization_then_generalization():
+    steps = np.arange(0, 5000, 50)
+    train = np.clip(steps / 400, 0, 1)
+    test = 1 / (1 + np.exp(-(steps - 3000) / 100))
+    grok = emergence.grokking_steps(steps, train, test)
+    assert grok["memorization_step"] == 400
+    assert 3400 <= grok["generalization_step"] <= 3500
+    assert grok["ratio"] == pytest.approx(grok["generalization_step"] / 400)
+    assert math.isnan(emergence.grokking_steps(steps, train, test * 0.5)["generalization_step"])
+
+
+def test_phase_change_step_finds_the_steepest_fall_and_its_coincidence_with_prefix_matching():
+    steps = np.arange(0, 3001, 100)
+    loss = 4.2 - 3.7 / (1 + np.exp(-(steps - 800) / 60))
+    matching = 0.85 / (1 + np.exp(-(steps - 800) / 60))
+    assert 700 <= emergence.phase_change_step(steps, loss) <= 900
+    assert 700 <= emergence.phase_change_step(steps, loss, log=False) <= 900
+    assert emergence.phase_change_coincides(steps, loss, matching)
+    late = 0.85 / (1 + np.exp(-(steps - 2000) / 60))
+    assert not emergence.phase_change_coincides(steps, loss, late)
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_reproducible():
+    values = [0.1, 0.5, 0.4, 0.9, 0.3]
+    ci = emergence.bootstrap_ci(values)
+    assert ci["mean"] == pytest.approx(0.44)
+    assert ci["low"] < ci["mean"] < ci["high"]
+    assert emergence.bootstrap_ci(values) == ci
+    assert emergence.bootstrap_ci([0.7]) == {"mean": 0.7, "low": 0.7, "high": 0.7}
+
+
+def synthetic_scores(seeds=(0, 1)) -> pd.DataFrame:
+    """A scores table: five widths x seeds x two steps, exact match sigmoid in log params."""
+    rows = []
+    for d_model, params in zip((8, 16, 32, 64, 128), PARAMS[::4], strict=True):
+        for seed in seeds:
+            for step in (100, 1000):
+                p = 1 / (1 + np.exp(-6 * (np.log10(params) - 5.2 - 0.1 * seed)))
+                run = f"d{d_model}s{seed}"
+                common = {"run": run, "task": "arithmetic", "d_model": d_model, "n_layers": 2,
+                          "seed": seed, "params": params, "non_embedding_params": params,
+                          "step": step, "tokens": step * 64, "flops": step * 64 * 6 * params}
+                scale = step / 1000
+                rows += [{**common, "metric": "eval/exact_match", "value": scale * p**3},
+                         {**common, "metric": "eval/token_accuracy", "value": scale * p},
+                         {**common, "metric": "eval/edit_distance", "value": 3 * (1 - p)},
+                         {**common, "metric": "eval/answer_logprob", "value": 3 * np.log(p)}]
+    return pd.DataFrame(rows)
+
+
+def test_summarize_reports_each_statistic_per_metric_and_axis_with_seed_intervals():
+    summary = emergence.summarize(synthetic_scores())
+    assert set(summary["axis"]) == {"params", "flops", "step"}
+    row = summary[(summary["axis"] == "params") & (summary["metric"] == "eval/exact_match")
+                  & (summary["statistic"] == "breakthroughness")].iloc[0]
+    assert row["n_seeds"] == 2
+    assert row["ci_low"] <= row["seed_mean"] <= row["ci_high"]
+    exact = row["value"]
+    linear = summary[(summary["axis"] == "params") & (summary["metric"] == "eval/edit_distance")
+                     & (summary["statistic"] == "linearity")]["value"].iloc[0]
+    assert exact > 0 > linear  # exact match rises, edit distance falls
+    transition = summary[(summary["axis"] == "params") & (summary["statistic"] == "transition")
+                         & (summary["metric"] == "eval/token_accuracy")]["value"].iloc[0]
+    assert 10**5 < transition < 10**5.6
+
+
+# --- plots --------------------------------------------------------------------------------
+
+
+def test_metric_vs_params_draws_a_line_per_step_on_a_log_axis():
+    fig = plots.metric_vs_params(synthetic_scores(), "eval/exact_match")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "parameters"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["step=100", "step=1000"]
+
+
+def test_make_figures_draws_the_induction_figures_from_a_table_alone(tmp_path):
+    steps = [0, 100, 200, 400, 800, 1600]
+    rows = []
+    for step in steps:
+        rise = step >= 400
+        common = {"run": "0", "task": "induction", "seed": 0, "params": 1e4,
+                  "non_embedding_params": 1e4, "step": step, "tokens": 0, "flops": 0}
+        values = {"induction_loss": 0.5 if rise else 4.0, "prefix_matching_max": 0.9 * rise,
+                  "prefix_matching/L0H0": 0.1, "prefix_matching/L1H0": 0.9 * rise}
+        rows += [{**common, "metric": k, "value": v} for k, v in values.items()]
+    paths = plots.make_figures(pd.DataFrame(rows), [], tmp_path)
+    assert {p.name for p in paths} == {"induction_induction.png",
+                                       "induction_prefix_matching.png"}
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+TASK = {"kind": "modular", "p": 11, "op": "add", "train_fraction": 0.5}
+STEPS = (0, 10)
+
+
+def write_run(run_dir, d_model: int, seed: int) -> None:
+    """A run directory as train/ writes it: config, overrides, checkpoints, metrics.jsonl."""
+    config = OmegaConf.create({"task": TASK, "seed": seed, "wandb": {"project": "phaselab"},
+                               "model": {"d_model": d_model, "n_layers": 1, "d_head": 8}})
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(config, run_dir / ".hydra/config.yaml")
+    OmegaConf.save(OmegaConf.create([f"model.d_model={d_model}"]),
+                   run_dir / ".hydra/overrides.yaml")
+    task = tasks.build(TASK)
+    model = tiny_gpt(task, d_model=d_model, seed=seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    lines = []
+    for step in range(max(STEPS) + 1):
+        if step in STEPS:
+            meta = {"step": step, "tokens": step * 150, "flops": step * 150 * 6 * d_model**2}
+            checkpoint = run_dir / f"checkpoints/step_{step:07d}"
+            models.save_model(model, checkpoint / "model.safetensors", metadata=meta)
+            (checkpoint / "meta.json").write_text(json.dumps(meta))
+        batch = task.train_batch(None, torch.Generator())
+        logits = model(batch.tokens, start=task.loss_start)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), batch.targets[:, task.loss_start :].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        lines.append(json.dumps({"step": step, "train/loss": loss.item()}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def built_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("built") / "sweep"
+    for job, d_model in enumerate((16, 32)):
+        write_run(root / str(job), d_model, seed=job)
+    return root
+
+
+@pytest.fixture
+def sweep(built_sweep, tmp_path):
+    """A fresh copy of the two-run sweep for each test (tests write into it)."""
+    return shutil.copytree(built_sweep, tmp_path / "sweep")
+
+
+@pytest.fixture
+def counted_scoring(monkeypatch):
+    calls = []
+
+    def counting(model, task):
+        calls.append(model)
+        return mechanistic.score_checkpoint(model, task)
+
+    monkeypatch.setattr(runs, "score_checkpoint", counting)
+    return calls
+
+
+def test_find_runs_reads_coordinates_and_checkpoints(sweep):
+    found = runs.find_runs(sweep)
+    assert [r.name for r in found] == ["0", "1"]
+    assert found[1].coords == {"task": "modular", "op": "add", "p": 11, "d_model": 32,
+                               "n_layers": 1, "seed": 1}
+    assert found[0].checkpoints() == list(STEPS)
+    assert found[0].load_model(step=10).cfg.d_model == 16
+    assert list(found[0].metrics()["step"]) == list(range(11))
+
+
+def test_cli_scores_a_sweep_writes_report_and_rescoring_is_incremental(
+        sweep, counted_scoring, capsys):
+    assert main([str(sweep)]) == 0
+    out = sweep / "analysis"
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(counted_scoring) == 4  # 2 runs x 2 checkpoints
+    assert set(zip(scores["run"], scores["step"], strict=True)) == {
+        (r, s) for r in (0, 1) for s in STEPS}
+    assert {"eval/exact_match", "train_eval/exact_match", "weight_norm",
+            "fourier_top_fraction", "eval/answer_logprob"} <= set(scores["metric"])
+    assert scores.groupby("run")["params"].first().is_monotonic_increasing
+    assert (out / "summary.csv").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    for row, d_model in (("| 0 |", 16), ("| 1 |", 32)):
+        line = next(line for line in report.splitlines() if line.startswith(row))
+        assert f"| {d_model} |" in line
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "modular_mirage.png" in figures and "modular_grokking_0.png" in figures
+    assert all(f"figures/{name}" in report for name in figures)
+    assert str(out / "report.md") in capsys.readouterr().out
+
+    assert main([str(sweep)]) == 0
+    assert len(counted_scoring) == 4  # nothing scored again
+    assert len(pd.read_csv(out / "scores.csv")) == len(scores)
+
+
+def test_scores_match_scoring_the_checkpoint_directly(sweep):
+    df = runs.score(sweep, last=True)
+    run = runs.find_runs(sweep)[1]
+    direct = mechanistic.score_checkpoint(run.load_model(), run.task())
+    rows = df[(df["run"] == "1") & (df["metric"] == "eval/loss")]
+    assert list(rows["step"]) == [max(STEPS)]
+    assert rows["value"].item() == pytest.approx(direct["eval/loss"])
+
+
+def test_a_corrupt_checkpoint_is_named_and_the_other_runs_are_still_scored(sweep, caplog):
+    corrupt = sweep / "1/checkpoints/step_0000010/model.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with caplog.at_level(logging.WARNING):
+        df = runs.score(sweep)
+    assert str(corrupt) in caplog.text
+    assert set(zip(df["run"], df["step"], strict=True)) == {("0", 0), ("0", 10), ("1", 0)}
+
+
+def test_runs_without_checkpoints_or_configs_are_reported_not_fatal(sweep, caplog):
+    shutil.rmtree(sweep / "1/checkpoints")
+    (sweep / "2/.hydra").mkdir(parents=True)
+    (sweep / "2/.hydra/config.yaml").write_text("task: [unclosed\n")
+    with caplog.at_level(logging.WARNING):
+        df = runs.score(sweep)
+    assert str(sweep / "1") in caplog.text and str(sweep / "2") in caplog.text
+    assert set(df["run"]) == {"0"}
+
+
+def test_cli_exits_nonzero_with_a_message_when_a_directory_holds_no_runs(tmp_path, caplog):
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert main([str(tmp_path)]) == 2
+    assert f"no runs under {tmp_path}" in caplog.text
+    assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_a_wandb_failure_is_reported_and_not_fatal(sweep, monkeypatch, caplog):
+    import wandb
+
+    def broken(**kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    with caplog.at_level(logging.WARNING):
+        assert main([str(sweep), "--last", "--wandb", "offline"]) == 0
+    assert "wandb logging failed" in caplog.text and "no network" in caplog.text
+    assert (sweep / "analysis/report.md").exists()

@@ -1,0 +1,325 @@
+"""Tests for tasks/: answers are right (checked against Python integers), masks cover exactly the
+answers, held-out problems never reach training, batches are reproducible and land on the
+generator's device, formats round-trip, and bad configs fail naming the field."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+import tasks
+from tasks.arithmetic import ArithmeticConfig, answer_width
+from tasks.modular import ModularConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))]
+
+# one small config per task kind, used by the generic tests
+SMALL = {
+    "arithmetic": {"kind": "arithmetic", "digits": 3, "eval_size": 200},
+    "modular": {"kind": "modular", "p": 23, "train_fraction": 0.5},
+}
+
+
+def generator(seed: int = 0, device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def full(batch: tasks.Batch) -> torch.Tensor:
+    """The full sequences [B, T + 1] a batch was cut from."""
+    return torch.cat([batch.tokens, batch.targets[:, -1:]], 1)
+
+
+def all_sets(task, seed: int = 0) -> list[tasks.Batch]:
+    sets = [task.train_batch(256, generator(seed)), task.eval_set(), task.train_eval_set()]
+    return sets + [s for s in (task.ood_set(), task.train_set()) if s is not None]
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def arithmetic_value(text: str, cfg: ArithmeticConfig) -> tuple[int, int, int, int]:
+    """(a, b, claimed answer, true answer) parsed from a decoded sequence like `123+45=168$`."""
+    a, op, b, c = re.fullmatch(r"(\d+)([+*])(\d+)=(\d+)\$", text).groups()
+    if cfg.reverse_operands:
+        a, b = a[::-1], b[::-1]
+    c = c[::-1] if cfg.reverse_answer else c
+    assert op == {"add": "+", "mul": "*"}[cfg.op]
+    truth = int(a) + int(b) if cfg.op == "add" else int(a) * int(b)
+    return int(a), int(b), int(c), truth
+
+
+ARITHMETIC = [
+    {"op": "add", "digits": 3},
+    {"op": "add", "digits": 20, "reverse_answer": True, "ood_digits": 24, "eval_size": 64},
+    {"op": "mul", "digits": 20, "min_digits": 1, "reverse_operands": True, "eval_size": 64},
+    {"op": "mul", "digits": 4, "zero_pad": True, "reverse_answer": True, "ood_digits": 6},
+    {"op": "add", "digits": 2, "min_digits": 1, "train_size": 500, "test_fraction": 0.1,
+     "eval_size": 50},
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("options", ARITHMETIC)
+def test_arithmetic_answers_equal_python_integers(options, seed):
+    task = tasks.build({"kind": "arithmetic", "seed": seed, **options})
+    cfg = task.cfg
+    for batch in all_sets(task, seed):
+        for text in task.decode(full(batch)):
+            a, b, answer, truth = arithmetic_value(text, cfg)
+            assert answer == truth, text
+            assert max(a, b) < 10 ** max(cfg.digits, cfg.ood_digits or 0)
+            if cfg.zero_pad:  # operands padded to their set's width, the answer to its widest
+                a, b, c = re.split(r"[+*=]", text.rstrip("$"))
+                assert len(a) == len(b) and len(c) == answer_width(cfg.op, len(a))
+
+
+def test_arithmetic_worked_example_formats():
+    a, b = torch.tensor([[3, 2, 1]]), torch.tensor([[5, 4, 0]])  # 123 and 45, least digit first
+    expected = {(): "123+45=168$", ("reverse_answer",): "123+45=861$",
+                ("reverse_operands",): "321+54=168$", ("zero_pad",): "123+045=0168$"}
+    for flags, text in expected.items():
+        task = tasks.build({"kind": "arithmetic", **dict.fromkeys(flags, True)})
+        batch = task.render(torch.cat([a, b], 1))
+        assert task.decode(full(batch))[0] == text
+        answer = batch.targets[:, task.prompt_len - 1:]
+        assert task.decode_answer(answer) == ["0168" if flags == ("zero_pad",) else "168"]
+
+
+def test_arithmetic_min_digits_draws_lengths_uniformly():
+    task = tasks.build({"kind": "arithmetic", "digits": 6, "min_digits": 2})
+    batch = task.train_batch(6000, generator())
+    lengths = [len(t.split("+")[0]) for t in task.decode(full(batch))]
+    counts = torch.bincount(torch.tensor(lengths), minlength=7)[1:]
+    assert counts[0] == 0 and (counts[1:] > 1000).all() and (counts[1:] < 1400).all()
+
+
+def test_arithmetic_ood_set_has_longer_operands_and_fits_the_context():
+    task = tasks.build({"kind": "arithmetic", "digits": 3, "ood_digits": 5})
+    texts = task.decode(full(task.ood_set()))
+    assert all(len(t.split("+")[0]) == 5 and len(t.split("+")[1].split("=")[0]) == 5
+               for t in texts)
+    assert task.ood_set().tokens.shape[1] == task.seq_len == task.eval_set().tokens.shape[1]
+
+
+def test_arithmetic_vocabulary_has_no_collisions():
+    task = tasks.build({"kind": "arithmetic"})
+    assert len(set(task.vocab)) == len(task.vocab) == task.d_vocab
+    assert {task.stop_token, task.pad_token, task.op_token} <= set(range(10, task.d_vocab))
+
+
+def prompts(task, batch: tasks.Batch) -> set[str]:
+    rows = batch.mask.any(1)
+    return {t.split("=")[0] for t in task.decode(batch.tokens[rows, : task.prompt_len])}
+
+
+@settings(max_examples=15, deadline=None)
+@given(digits=st.integers(2, 3), seed=st.integers(0, 10**6),
+       test_fraction=st.floats(0.05, 0.5), train_share=st.floats(0.05, 0.9))
+def test_arithmetic_held_out_problems_never_reach_training(digits, seed, test_fraction,
+                                                          train_share):
+    space = 10 ** (2 * digits)
+    cfg = {"kind": "arithmetic", "digits": digits, "seed": seed, "test_fraction": test_fraction,
+           "eval_size": max(1, int(space * test_fraction / 2))}
+    fresh = tasks.build(cfg)
+    held_out = prompts(fresh, fresh.eval_set())
+    # fresh sampling: thousands of draws, where a broken exclusion would hit the eval set often
+    assert not prompts(fresh, fresh.train_batch(4096, generator(seed))) & held_out
+    pooled = tasks.build({**cfg, "train_size": int(space * (1 - test_fraction) * train_share)})
+    assert prompts(pooled, pooled.eval_set()) == held_out  # the split depends on the seed only
+    assert not prompts(pooled, pooled.train_set()) & held_out
+    assert len(prompts(pooled, pooled.train_set())) == pooled.cfg.train_size  # distinct problems
+
+
+def test_arithmetic_held_out_share_matches_test_fraction():
+    task = tasks.build({"kind": "arithmetic", "digits": 3, "test_fraction": 0.05})
+    problems = task.sample(200_000, generator())
+    share = task.held_out(problems).float().mean().item()
+    assert 0.045 < share < 0.055
+    first_digit = problems[:, 2]  # the hash must not favour some operands
+    for d in range(10):
+        assert 0.04 < task.held_out(problems[first_digit == d]).float().mean().item() < 0.06
+
+
+def test_arithmetic_rows_left_in_the_test_bucket_are_not_trained_on():
+    # a huge test fraction leaves some rows in the bucket after the redraws: their mask is zero
+    task = tasks.build({"kind": "arithmetic", "test_fraction": 0.9, "eval_size": 10})
+    batch = task.train_batch(2000, generator())
+    untrained = ~batch.mask.any(1)
+    assert 0 < untrained.sum() < 2000 * 0.9**4
+    held_out = prompts(task, task.eval_set())
+    trained = {t.split("=")[0] for t in task.decode(batch.tokens[~untrained, : task.prompt_len])}
+    assert not trained & held_out
+
+
+# ---------------------------------------------------------------- modular
+
+
+def test_modular_reproduces_nanda_split():
+    task = tasks.build({"kind": "modular", "p": 113, "op": "add", "train_fraction": 0.3})
+    assert len(task.train_set()) == 3830 and len(task.eval_set()) == 113**2 - 3830
+    assert task.d_vocab == 114 and task.seq_len == 3
+    batch = task.train_batch(None, generator())
+    assert len(batch) == 3830 and batch.mask[:, :2].sum() == 0 and batch.mask[:, 2].all()
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "x2y2", "x2xyy2", "x3xy"])
+def test_modular_answers_are_right(op):
+    p = 97
+    task = tasks.build({"kind": "modular", "p": p, "op": op, "train_fraction": 0.5})
+    for batch in (task.train_set(), task.eval_set()):
+        for text in task.decode(full(batch)):
+            a, b, eq, c = text.split(" ")
+            a, b, c = int(a), int(b), int(c)
+            assert eq == "="
+            if op == "div":
+                assert b != 0 and (c * b) % p == a
+            else:
+                expected = {"add": a + b, "sub": a - b, "mul": a * b, "x2y2": a**2 + b**2,
+                            "x2xyy2": a**2 + a * b + b**2, "x3xy": a**3 + a * b}[op]
+                assert c == expected % p
+
+
+@settings(max_examples=20, deadline=None)
+@given(p=st.sampled_from([2, 5, 11, 31, 59]), op=st.sampled_from(["add", "div", "x3xy"]),
+       train_fraction=st.floats(0.05, 1.0), seed=st.integers(0, 10**6))
+def test_modular_train_and_eval_partition_all_pairs(p, op, train_fraction, seed):
+    pairs = {f"{a} {b} =" for a in range(p) for b in range(p) if op != "div" or b}
+    assume(int(train_fraction * len(pairs)) >= 1)
+    task = tasks.build(ModularConfig(p=p, op=op, train_fraction=train_fraction, seed=seed))
+    train, held = (set(task.decode(s.tokens)) for s in (task.train_set(), task.eval_set()))
+    assert not train & held and train | held == pairs
+    assert len(train) == int(train_fraction * len(pairs))
+
+
+def test_modular_minibatches_come_from_training_pairs():
+    task = tasks.build(SMALL["modular"])
+    batch = task.train_batch(64, generator())
+    assert set(task.decode(batch.tokens)) <= set(task.decode(task.train_set().tokens))
+
+
+# ---------------------------------------------------------------- every task
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_tokens_are_in_the_vocabulary_and_the_mask_covers_the_answer(kind):
+    task = tasks.build(SMALL[kind])
+    assert len(set(task.vocab)) == len(task.vocab)
+    for batch in all_sets(task):
+        B, T = batch.tokens.shape
+        assert T == task.seq_len and batch.targets.shape == batch.mask.shape == (B, T)
+        assert batch.tokens.dtype == batch.targets.dtype == torch.int64
+        assert batch.mask.dtype == torch.bool
+        for t in (batch.tokens, batch.targets):
+            assert 0 <= t.min() and t.max() < task.d_vocab
+        assert not batch.mask[:, : task.loss_start].any()
+        if task.prompt_len is None:
+            continue
+        P, A = task.prompt_len, task.answer_len
+        answer = batch.targets[:, P - 1 : P - 1 + A]
+        expected = torch.zeros_like(batch.mask)
+        if task.stop_token is None:
+            expected[:, P - 1 : P - 1 + A] = True
+        else:  # the answer runs up to and including the first stop token
+            stopped = (answer == task.stop_token).int().cumsum(1)
+            assert (stopped[:, -1] >= 1).all()
+            expected[:, P - 1 : P - 1 + A] = (stopped - (answer == task.stop_token).int()) == 0
+        assert torch.equal(batch.mask, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", SMALL)
+def test_batches_are_seeded_and_on_the_generators_device(kind, device):
+    task = tasks.build(SMALL[kind], device=device)
+    one, again = (task.train_batch(32, generator(5, device)) for _ in range(2))
+    other = task.train_batch(32, generator(6, device))
+    assert one.tokens.device.type == device and one.mask.device.type == device
+    assert task.eval_set().tokens.device.type == device
+    assert torch.equal(one.tokens, again.tokens) and torch.equal(one.mask, again.mask)
+    assert not torch.equal(one.tokens, other.tokens)
+    # the data seed fixes the fixed sets; another seed gives others
+    rebuilt = tasks.build(SMALL[kind], device=device)
+    reseeded = tasks.build({**SMALL[kind], "seed": 1}, device=device)
+    assert torch.equal(rebuilt.eval_set().tokens, task.eval_set().tokens)
+    assert not torch.equal(reseeded.eval_set().tokens, task.eval_set().tokens)
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_decode_round_trips_through_encode(kind):
+    task = tasks.build(SMALL[kind])
+    for row in full(task.eval_set())[:20]:
+        text = task.decode(row)
+        kept = row[row != task.pad_token] if task.pad_token is not None else row
+        assert torch.equal(task.encode(text), kept)
+
+
+@pytest.mark.parametrize("flags", [{}, {"reverse_answer": True}, {"reverse_operands": True},
+                                   {"reverse_answer": True, "reverse_operands": True}])
+def test_arithmetic_formats_round_trip(flags):
+    task = tasks.build({"kind": "arithmetic", "digits": 5, "min_digits": 1, **flags})
+    seq = full(task.train_batch(50, generator()))
+    for row, text in zip(seq, task.decode(seq)):
+        assert torch.equal(task.encode(text), row[row != task.pad_token])
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_check_model_names_the_model_field(kind):
+    task = tasks.build(SMALL[kind])
+    task.check_model(task.seq_len, task.d_vocab)
+    with pytest.raises(ValueError, match=r"model\.n_ctx"):
+        task.check_model(task.seq_len - 1, task.d_vocab)
+    with pytest.raises(ValueError, match=r"model\.d_vocab"):
+        task.check_model(task.seq_len, task.d_vocab - 1)
+
+
+def test_long_operands_need_a_long_context():
+    task = tasks.build({"kind": "arithmetic", "digits": 20, "ood_digits": 30, "eval_size": 8})
+    assert task.seq_len == 2 * 30 + 2 + 31 + 1 - 1
+    with pytest.raises(ValueError, match=r"model\.n_ctx"):
+        task.check_model(64, 32)
+
+
+BAD = [
+    ({"kind": "arithmetic", "op": "div"}, "task.op"),
+    ({"kind": "arithmetic", "digits": 0}, "task.digits"),
+    ({"kind": "arithmetic", "min_digits": 4}, "task.min_digits"),
+    ({"kind": "arithmetic", "test_fraction": 0.0}, "task.test_fraction"),
+    ({"kind": "arithmetic", "digits": 2, "train_size": 9999}, "task.train_size"),
+    ({"kind": "arithmetic", "digits": 2}, "task.eval_size"),  # 1% of 10^4 < 1000
+    ({"kind": "arithmetic", "ood_digits": 3}, "task.ood_digits"),
+    ({"kind": "arithmetic", "digts": 3}, "task.digts"),
+    ({"kind": "modular", "p": 100, "op": "div"}, "task.p"),
+    ({"kind": "modular", "train_fraction": 0.0}, "task.train_fraction"),
+    ({"kind": "modular", "train_fraction": 1.5}, "task.train_fraction"),
+    ({"kind": "modular", "op": "pow"}, "task.op"),
+    ({"kind": "modular", "eval_size": 10**6}, "task.eval_size"),
+    ({"kind": "sorting"}, "task.kind"),
+]
+
+
+@pytest.mark.parametrize(("cfg", "field"), BAD)
+def test_bad_configs_fail_naming_the_field(cfg, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        tasks.build(cfg)
+
+
+def test_build_accepts_dataclasses_dicts_and_omegaconf():
+    from_dataclass = tasks.build(ArithmeticConfig(digits=4))
+    from_omegaconf = tasks.build(OmegaConf.create({"kind": "arithmetic", "digits": 4}))
+    assert torch.equal(from_dataclass.eval_set().tokens, from_omegaconf.eval_set().tokens)
+    assert set(tasks.TASKS) == set(SMALL)
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_yaml_files_match_their_schema_and_build(path):
+    values = OmegaConf.load(path)
+    schema = f"{values.kind}_schema"
+    assert list(values.pop("defaults")) == [schema, "_self_"]
+    merged = OmegaConf.merge(OmegaConf.structured(tasks.TASKS[values.kind][0]), values)
+    task = tasks.build(OmegaConf.to_object(merged))
+    assert len(task.eval_set()) > 0

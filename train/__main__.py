@@ -1,0 +1,33 @@
+"""`python -m train`: the Hydra entry point. Compose the config, turn it into typed dataclasses,
+and hand it to the plain `train.loop.run` with the run directory Hydra chose.
+
+    python -m train task=addition task.digits=3 model.d_model=32 train.steps=2000
+    python -m train -m model.d_model=16,32,64 seed=0,1          # a sweep: one run per point
+    python -m train hydra.run.dir=outputs/X                     # resumes the run in outputs/X
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from train.config import register
+from train.loop import run
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    # A sweep's runs share a wandb group named after the sweep directory.
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    return run(OmegaConf.to_object(cfg), hydra_cfg.runtime.output_dir,
+               overrides=list(hydra_cfg.overrides.task), group=group)
+
+
+if __name__ == "__main__":
+    register()
+    main()

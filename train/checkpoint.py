@@ -1,0 +1,150 @@
+"""Checkpoints: which steps keep weights, atomic saves, and the training state that resumes a run.
+
+`<run>/checkpoints/step_0000100/` holds `model.safetensors` (weights and model config, written
+by `models.save_model`), `meta.json` (step, tokens, flops) and, in the newest checkpoint only
+unless `checkpoint.keep_state=all`, `state.pt`: optimizer, scheduler, every RNG, the data
+generator and the loop's counters, everything a resumed run needs to continue bitwise as if it
+had never stopped. A checkpoint is written under `checkpoints/.tmp-step_...` and renamed into
+place, so a directory named `step_*` is always complete; leftovers of a crash are removed.
+
+state.pt holds only tensors and plain containers, so it loads with `weights_only=True` (no
+pickled code runs on load).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import save_model
+from train.config import CheckpointConfig
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"step_(\d{7,})")
+TMP_PREFIX = ".tmp-"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def step_of(path: Path) -> int:
+    """The step of a checkpoint directory."""
+    return int(STEP_DIR.fullmatch(path.name).group(1))
+
+
+def is_checkpoint_step(step: int, total_steps: int, cfg: CheckpointConfig) -> bool:
+    """Step 0, the powers of two up to `log_spaced_until`, every `every` steps and the last."""
+    log_spaced = 0 < step <= cfg.log_spaced_until and step & (step - 1) == 0
+    periodic = cfg.every is not None and step % cfg.every == 0
+    return step in (0, total_steps) or log_spaced or periodic
+
+
+def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
+         state: dict | None, keep_state: str) -> Path:
+    """Write checkpoints/step_XXXXXXX atomically; with `state`, make it the resume point and,
+    for keep_state=last, drop the state.pt of older checkpoints."""
+    final = checkpoints / step_dir_name(step)
+    tmp = checkpoints / (TMP_PREFIX + final.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tmp / "model.safetensors", metadata=meta)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    if state is not None:
+        torch.save(state, tmp / "state.pt")
+    if final.exists():  # left by an earlier attempt at this run that got further than its state
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if state is not None and keep_state == "last":
+        for path in checkpoints.glob("step_*/state.pt"):
+            if path.parent != final:
+                path.unlink()
+    return final
+
+
+def resume_point(checkpoints: Path) -> Path | None:
+    """The newest checkpoint holding state.pt, after removing half-written ones."""
+    for tmp in checkpoints.glob(TMP_PREFIX + "*"):
+        log.warning("removing %s, an unfinished checkpoint of an interrupted run", tmp)
+        shutil.rmtree(tmp)
+    steps = [
+        (int(match.group(1)), path)
+        for path in checkpoints.glob("step_*")
+        if (match := STEP_DIR.fullmatch(path.name)) and (path / "state.pt").is_file()
+    ]
+    return max(steps)[1] if steps else None
+
+
+def rng_state(data_generator: torch.Generator) -> dict:
+    """Every random number generator a training step can touch, as tensors and plain values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),  # (version, tuple of ints, float or None): plain values
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),  # model init and dropout draw from the global generator
+        "data": data_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, data_generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    data_generator.set_state(state["data"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "state.pt", weights_only=True, map_location="cpu")
+
+
+class Preemption:
+    """Context manager that turns SIGTERM, SIGUSR1 and SIGUSR2 (SLURM's and submitit's
+    preemption and time-limit signals) into a flag; the loop saves a checkpoint at the next
+    step boundary and stops.
+
+    `hand_over()`, called once the run is saved and closed, passes the signal on to the handler
+    it replaced when that is a Python function: under hydra-submitit-launcher that is submitit's,
+    which requeues the job (when `hydra.launcher.max_num_timeout` > 0) and exits; the requeued
+    job runs the same overrides in the same directory and resumes from the checkpoint."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Preemption:
+        # Handlers can only be installed from the main thread (not, e.g., a threaded launcher).
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def hand_over(self) -> None:
+        handler = self._previous.get(self.signum)
+        if self.signum is not None and callable(handler):
+            handler(self.signum, None)

@@ -1,0 +1,140 @@
+"""The structured schema of the training config: typed dataclasses Hydra checks the YAML against.
+
+`register()` stores them in Hydra's ConfigStore: `config_schema` (the root, first in
+`conf/config.yaml`'s defaults list), `models.GPTConfig` as the type of `model`, and each task's
+config dataclass from `tasks.TASKS` as `task/<kind>_schema` (each `conf/task/*.yaml` starts from
+one). A misspelt key or a wrong type then fails in Hydra before anything runs; rules that
+relate values (a positive batch size, a known schedule) are checked in `__post_init__`, which
+`OmegaConf.to_object` runs, with errors naming the key as it is typed on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from models import GPTConfig
+
+SCHEDULES = ("cosine", "constant", "linear")
+KEEP_STATE = ("last", "all")
+WANDB_MODES = ("offline", "online", "disabled")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def _check(ok: bool, key: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r}: {rule}")
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, key, value, f"must be one of {', '.join(allowed)}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer updates
+    batch_size: int | None = 64  # None = the task's whole finite training set every step
+    eval_every: int = 100  # steps between evaluations (and at step 0 and the last step)
+    log_every: int = 10  # steps between train/loss log lines
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    overwrite: bool = False  # start over in a directory that holds a finished run
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
+        for key in ("eval_every", "log_every"):
+            _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
+        _check(self.batch_size is None or self.batch_size > 0, "train.batch_size",
+               self.batch_size, "must be > 0, or null for full-batch training")
+        _check(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", self.grad_clip,
+               "must be > 0, or null for no clipping")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup, then a cosine, linear or constant schedule."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine | constant | linear (after warmup)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # final lr / peak lr for cosine and linear
+    decay_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               self.betas, "must be two numbers in [0, 1)")
+        _check_choice("optim.schedule", self.schedule, SCHEDULES)
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio,
+               "must be in [0, 1]")
+
+
+@dataclass
+class CheckpointConfig:
+    """Which steps keep weights: 0, 1, 2, 4, ..., log_spaced_until, every `every` steps, and the
+    last (Pythia's schedule, Biderman et al. 2023)."""
+
+    log_spaced_until: int = 512  # 0 = no log-spaced checkpoints
+    every: int | None = 1000  # None = only the log-spaced ones and the last
+    keep_state: str = "last"  # last | all: which checkpoints keep state.pt (optimizer, RNG)
+
+    def __post_init__(self) -> None:
+        _check(self.log_spaced_until >= 0, "checkpoint.log_spaced_until",
+               self.log_spaced_until, "must be >= 0")
+        _check(self.every is None or self.every > 0, "checkpoint.every", self.every,
+               "must be > 0, or null")
+        _check_choice("checkpoint.keep_state", self.keep_state, KEEP_STATE)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled; metrics.jsonl is written in every mode
+    project: str = "phaselab"
+    entity: str | None = None
+    group: str | None = None  # None = the sweep directory's name, so a sweep's runs group
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None  # None = wandb's generated name
+
+    def __post_init__(self) -> None:
+        _check_choice("wandb.mode", self.mode, WANDB_MODES)
+
+
+@dataclass
+class Config:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    task: Any = MISSING  # one of the task config dataclasses in tasks.TASKS
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0  # model initialization (and dropout)
+    data_seed: int = 0  # order of the training data
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the training forward
+    threads: int | None = None  # torch CPU threads per run; None = torch's default (all cores)
+    dtype: str = "auto"  # auto (bfloat16 autocast on CUDA, float32 on CPU) | float32 | bfloat16
+
+    def __post_init__(self) -> None:
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               "device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check(self.threads is None or self.threads > 0, "threads", self.threads,
+               "must be > 0, or null")
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (called by the entry point, not at import)."""
+    from hydra.core.config_store import ConfigStore
+
+    from tasks import TASKS
+
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for kind, (schema, _) in TASKS.items():
+        store.store(group="task", name=f"{kind}_schema", node=schema)

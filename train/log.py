@@ -1,0 +1,120 @@
+"""Where a run's numbers go: metrics.jsonl (always), wandb (if enabled) and the console.
+
+`RunLogger.log(record)` takes one flat dict per log/eval event (`step`, `tokens`, `flops`,
+`elapsed_s`, `train/...`, `eval/...`) and writes it everywhere. The console gets a tqdm bar when
+stderr is a terminal, else one plain line per record (readable in SLURM logs). wandb never
+prompts and never stops training: without credentials `online` falls back to `offline`, and any
+wandb error is reported in one warning line, after which the run goes on without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from train.config import WandbConfig
+
+log = logging.getLogger(__name__)
+
+WANDB_INIT_TIMEOUT_S = 60  # online mode on a node without network gives up after this
+
+
+def truncate_metrics(path: Path, last_step: int | None) -> None:
+    """Drop the records after `last_step` (all of them for None): a resumed run rewrites them."""
+    if not path.exists():
+        return
+    keep = [] if last_step is None else [
+        line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def key_metric(record: dict) -> tuple[str, float] | None:
+    for name in ("eval/exact_match", "eval/loss"):
+        if name in record:
+            return name, record[name]
+    return None
+
+
+def format_line(record: dict, total_steps: int, tokens_per_s: float) -> str:
+    parts = [f"step {record['step']}/{total_steps}"]
+    if "train/loss" in record:
+        parts.append(f"loss {record['train/loss']:.4f}")
+    if (key := key_metric(record)) is not None:
+        parts.append(f"{key[0]} {key[1]:.4f}")
+    parts += [f"tokens {record['tokens']:.3g}", f"{tokens_per_s:.3g} tok/s",
+              f"{record['elapsed_s']:.1f}s"]
+    return " | ".join(parts)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, cfg: WandbConfig, *, run_id: str, config: dict,
+                 group: str | None, total_steps: int, start: dict):
+        """`start`: the record of the step the run starts or resumes from (step, tokens,
+        elapsed_s), for the progress bar and the tokens/s figure."""
+        self.total_steps, self.start = total_steps, start
+        self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total_steps, initial=start["step"], unit="step",
+                            dynamic_ncols=True)
+        self.wandb = None
+        if cfg.mode != "disabled":
+            self._guard(self._start_wandb, run_dir, cfg, run_id, config, group)
+
+    def _guard(self, fn, *args, **kwargs) -> None:
+        """Run a wandb call; on any error, warn once and carry on without wandb."""
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # wandb must never stop training
+            log.warning("wandb disabled for the rest of this run: %s: %s", type(e).__name__, e)
+            self.wandb = None
+
+    def _start_wandb(self, run_dir: Path, cfg: WandbConfig, run_id: str, config: dict,
+                     group: str | None) -> None:
+        import wandb
+
+        mode = cfg.mode
+        if mode == "online" and not wandb.login(prompt=False, verify=False):
+            log.warning("wandb.mode=online but no W&B credentials (run `wandb login` or set "
+                        "WANDB_API_KEY): logging offline; `wandb sync` uploads it later")
+            mode = "offline"
+        self.wandb = wandb.init(
+            project=cfg.project, entity=cfg.entity, group=cfg.group or group, tags=cfg.tags,
+            name=cfg.name, config=config, dir=str(run_dir), id=run_id, resume="allow", mode=mode,
+            settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S),
+        )
+        for axis in ("step", "tokens", "flops"):  # x-axes to plot any metric against
+            self.wandb.define_metric(axis)
+        self.wandb.define_metric("*", step_metric="step")
+
+    def log(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        if self.wandb is not None:
+            self._guard(self.wandb.log, record)
+        elapsed = record["elapsed_s"] - self.start["elapsed_s"]
+        tokens_per_s = (record["tokens"] - self.start["tokens"]) / max(elapsed, 1e-9)
+        if self.bar is None:
+            log.info(format_line(record, self.total_steps, tokens_per_s))
+            return
+        self.bar.update(record["step"] - self.bar.n)
+        postfix = {"tok/s": f"{tokens_per_s:.3g}"}
+        if "train/loss" in record:
+            postfix["loss"] = f"{record['train/loss']:.4f}"
+        if (key := key_metric(record)) is not None:
+            postfix[key[0]] = f"{key[1]:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self, summary: dict, ok: bool) -> None:
+        self.metrics.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            run = self.wandb
+            self._guard(run.summary.update, {"status": summary["status"]})
+            self._guard(run.finish, exit_code=0 if ok else 1)

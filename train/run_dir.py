@@ -1,0 +1,135 @@
+"""The run directory's bookkeeping: run.json, summary.json, resume and overwrite rules.
+
+Re-running a command in the same directory resumes from the newest checkpoint holding
+state.pt, provided the config is the same (only `wandb.*`, `compile`, `threads` and
+`train.overwrite` may change); a directory holding a completed run is refused unless
+`train.overwrite=true`, which starts it over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from train import checkpoint
+from train.config import Config
+from train.log import truncate_metrics
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: they do not touch what is computed.
+MAY_CHANGE_ON_RESUME = ("wandb.", "compile", "threads", "train.overwrite")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def git_state() -> dict | None:
+    """The commit of the code that trains, and whether the checkout has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """`key: old -> new` for every key that differs, except those allowed to change."""
+    old, new = flatten(old), flatten(new)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and not key.startswith(MAY_CHANGE_ON_RESUME)
+    ]
+
+
+class RunDir:
+    def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None):
+        self.path, self.checkpoints = path, path / "checkpoints"
+        self.cfg, self.overrides, self.group = cfg, overrides, group
+        self.info: dict = {}
+
+    def open(self) -> Path | None:
+        """Prepare the directory and write run.json; returns the checkpoint to resume from."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.cfg.train.overwrite:
+            for name in ("checkpoints", "wandb"):
+                shutil.rmtree(self.path / name, ignore_errors=True)
+            for name in ("metrics.jsonl", "summary.json", "run.json"):
+                (self.path / name).unlink(missing_ok=True)
+        elif read_json(self.path / "summary.json").get("status") == "completed":
+            raise FileExistsError(
+                f"{self.path} holds a completed run (summary.json); pass train.overwrite=true to "
+                f"train it again from scratch, or choose another directory (hydra.run.dir=...)")
+        config = dataclasses.asdict(self.cfg)
+        resume = checkpoint.resume_point(self.checkpoints) if self.checkpoints.exists() else None
+        previous = read_json(self.path / "run.json")
+        if resume is not None and previous:
+            if changes := config_changes(previous["config"], config):
+                raise ValueError(
+                    f"{self.path} holds a run with a different config, which a resumed run must "
+                    f"keep: {'; '.join(changes)}. Use the same settings to resume it, pass "
+                    f"train.overwrite=true to start it over, or choose another directory")
+            self.info = previous
+            self.info["resumed"].append({"at": now(), "step": checkpoint.step_of(resume),
+                                         "git": git_state()})
+            log.info("resuming %s from %s", self.path, resume.name)
+        else:
+            self.info = {"config": config, "overrides": self.overrides, "group": self.group,
+                         "git": git_state(), "host": socket.gethostname(), "started": now(),
+                         "resumed": [], "wandb_id": uuid.uuid4().hex[:12]}
+        truncate_metrics(self.path / "metrics.jsonl", None if resume is None else
+                         checkpoint.step_of(resume))
+        write_json(self.path / "run.json", self.info)
+        return resume
+
+    def finish(self, model, status: str, error: str | None, step: int, total_steps: int,
+               tokens: int, wall_time_s: float, last: dict) -> dict:
+        """Write summary.json: sizes, compute, the last recorded metrics and how the run ended."""
+        summary = {
+            "status": status,
+            "error": error,
+            "steps": step,
+            "total_steps": total_steps,
+            "tokens": tokens,
+            "params": model.num_params(),
+            "params_non_embedding": model.num_params(non_embedding=True),
+            "flops_per_token": model.flops_per_token(),
+            "flops": model.flops_per_token() * tokens,
+            "wall_time_s": wall_time_s,
+            "metrics": {key: value for key, value in last.items() if "/" in key},
+            "finished": now(),
+        }
+        write_json(self.path / "summary.json", summary)
+        return summary
