@@ -52,7 +52,8 @@ def evaluate(model, task, batch, batch_size: int = 1024) -> Outputs:
     start = task.loss_start if prompt_len is None else min(task.loss_start, prompt_len - 1)
     chunks = []
     try:
-        for lo in range(0, batch.tokens.shape[0], batch_size):
+        # At least one chunk, so an empty set gives empty outputs (and NaN metrics).
+        for lo in range(0, max(len(batch.tokens), 1), batch_size):
             tokens = batch.tokens[lo : lo + batch_size].to(device)
             targets = batch.targets[lo : lo + batch_size].to(device)
             chunks.append(_score_chunk(model, task, tokens, targets, start))

@@ -56,9 +56,9 @@ def per_position_accuracy(out: Outputs) -> Tensor:
 
 def predicted_exact_match(out: Outputs) -> dict[str, float]:
     """Exact match predicted from per-token accuracy, the mirage check (Schaeffer et al. 2023):
-    `from_mean` = token_accuracy ** L, `from_positions` = product of the per-position
-    accuracies. Errors that concentrate on a few positions make the first overestimate exact
-    match, so both are reported."""
+    `from_mean` = token_accuracy ** L (L: the answer positions any example counts),
+    `from_positions` = product of the per-position accuracies. Errors that concentrate on a
+    few positions make the first overestimate exact match, so both are reported."""
     return {
         "from_mean": predicted_exact_match_from_mean(out),
         "from_positions": predicted_exact_match_from_positions(out),
@@ -66,13 +66,14 @@ def predicted_exact_match(out: Outputs) -> dict[str, float]:
 
 
 def predicted_exact_match_from_mean(out: Outputs) -> float:
-    length = int(per_position_accuracy(out).isfinite().sum())
-    return token_accuracy(out) ** length
+    counted = per_position_accuracy(out).isfinite()
+    return token_accuracy(out) ** int(counted.sum()) if counted.any() else float("nan")
 
 
 def predicted_exact_match_from_positions(out: Outputs) -> float:
     accuracy = per_position_accuracy(out)
-    return accuracy[accuracy.isfinite()].double().prod().item()
+    counted = accuracy.isfinite()
+    return accuracy[counted].double().prod().item() if counted.any() else float("nan")
 
 
 def _answer_tokens(out: Outputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:

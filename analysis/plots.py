@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis import emergence, mechanistic
 from analysis.runs import BAD_ITEM, Run
@@ -32,6 +33,7 @@ def _set_log_x(ax, x) -> None:
         ax.set_xscale("symlog", linthresh=positive.min())
     elif len(positive):
         ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labels on decades only
 
 
 def _final(df: pd.DataFrame) -> pd.DataFrame:

@@ -86,8 +86,8 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
     checkpoints = df[["run", "step"]].drop_duplicates().shape[0] if len(df) else 0
     parts = [
         f"# Analysis: {title}",
-        f"{len(runs)} runs, {checkpoints} scored checkpoints. Tables: `scores.csv` (one row per "
-        "run x checkpoint x metric), `summary.csv` (emergence statistics).",
+        f"Runs: {len(runs)}; scored checkpoints: {checkpoints}. Tables: `scores.csv` (one row "
+        "per run x checkpoint x metric), `summary.csv` (emergence statistics).",
         "## Runs",
         "Coordinates and metrics at the last scored checkpoint.",
         markdown_table(runs_table(df, runs)),

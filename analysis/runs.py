@@ -99,49 +99,58 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def _coords(config: DictConfig, overrides: list[str]) -> dict:
-    """Run coordinates: the BASE_COORDS its config sets, plus every sweep override (its value
-    as resolved in the config; a config-group choice such as `model=small` as written). An
-    override is named by its last key component (`optim.lr` -> `lr`), or in full where that
-    name is taken; one whose full name is taken too (e.g. `task=modular`) adds nothing."""
-    coords, source = {}, {}
-    for name, key in BASE_COORDS.items():
-        value = OmegaConf.select(config, key, default=None)
-        if value is not None:
-            coords[name], source[name] = value, key
+def _base_coords(config: DictConfig) -> dict:
+    """The BASE_COORDS the config sets."""
+    coords = {name: OmegaConf.select(config, key, default=None)
+              for name, key in BASE_COORDS.items()}
+    return {name: value for name, value in coords.items() if value is not None}
+
+
+def _override_coords(config: DictConfig, overrides: list[str]) -> dict:
+    """The command-line overrides, each valued as resolved in the config (a config-group choice
+    such as `model=small` as written) and named by its last key component (`optim.lr` -> `lr`),
+    or in full where that name is a base coordinate's. One that names a base coordinate's key
+    (`model.d_model`) or whose full name is taken too (`task=modular`) adds nothing."""
+    taken = dict(BASE_COORDS)
+    coords = {}
     for override in overrides:
         key, _, raw = override.lstrip("+~").partition("=")
-        if key.startswith("hydra"):
-            continue
         name = key.rsplit(".", 1)[-1]
-        if source.get(name, key) != key:
-            name = key
-        if source.get(name, key) != key:
+        name = name if taken.get(name, key) == key else key
+        if key.startswith("hydra") or key in taken.values() or taken.get(name, key) != key:
             continue
-        value = OmegaConf.select(config, key, default=None)
-        coords[name] = raw if value is None or OmegaConf.is_config(value) else value
-        source[name] = key
+        value = OmegaConf.select(config, key, default=raw)
+        coords[name] = raw if OmegaConf.is_config(value) else value
+        taken[name] = key
     return coords
 
 
 def find_runs(path: str | Path) -> list[Run]:
     """Every run below `path` (a single run's directory or a Hydra multirun directory): the
-    directories holding `.hydra/config.yaml`. Unreadable configs are skipped with a warning."""
+    directories holding `.hydra/config.yaml`. Unreadable configs are skipped with a warning.
+
+    A run's `coords` are its BASE_COORDS plus the overrides (`.hydra/overrides.yaml`) whose
+    values differ between the runs found (all of them for a single run): a sweep's axes."""
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory")
-    runs = []
+    found = []
     for config_path in sorted(root.rglob(".hydra/config.yaml"), key=_natural_key):
         run_dir = config_path.parent.parent
         overrides_path = config_path.with_name("overrides.yaml")
         try:
             config = OmegaConf.load(config_path)
             overrides = list(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
-            coords = _coords(config, overrides)
+            found.append((run_dir, config, _override_coords(config, overrides)))
         except (*BAD_ITEM, yaml.YAMLError) as e:
             log.warning("skipping %s: unreadable config (%s)", run_dir, e)
-            continue
+    names = {name for *_, swept in found for name in swept}
+    varying = {name for name in names
+               if len({repr(swept.get(name)) for *_, swept in found}) > 1 or len(found) == 1}
+    runs = []
+    for run_dir, config, swept in found:
         name = run_dir.relative_to(root).as_posix()
+        coords = _base_coords(config) | {k: v for k, v in swept.items() if k in varying}
         runs.append(Run(run_dir, root.name if name == "." else name, config, coords))
     return runs
 

@@ -12,11 +12,21 @@ import torch
 
 from tasks.arithmetic import Arithmetic, ArithmeticConfig
 from tasks.base import Batch, Task
+from tasks.induction import (
+    AssociativeRecall,
+    AssociativeRecallConfig,
+    Induction,
+    InductionConfig,
+)
 from tasks.modular import Modular, ModularConfig
+from tasks.parity import Parity, ParityConfig
 
 TASKS: dict[str, tuple[type, type[Task]]] = {
     "arithmetic": (ArithmeticConfig, Arithmetic),
+    "induction": (InductionConfig, Induction),
+    "associative_recall": (AssociativeRecallConfig, AssociativeRecall),
     "modular": (ModularConfig, Modular),
+    "parity": (ParityConfig, Parity),
 }
 
 __all__ = ["TASKS", "Batch", "Task", "build", "config_from"]

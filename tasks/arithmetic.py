@@ -26,19 +26,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import einops
 import torch
 from torch import Tensor
 
-from tasks.base import (
-    Batch,
-    Task,
-    distinct_problems,
-    fresh_outside_bucket,
-    in_test_bucket,
-    require,
-    split,
-    stream_generator,
-)
+from tasks.base import Batch, Task, distinct_problems, require, split, stream_generator
 
 OPS = {"add": "+", "mul": "*"}
 
@@ -140,57 +132,42 @@ class Arithmetic(Task):
         self.cfg = cfg
         self.vocab = [*"0123456789", "+", "*", "=", "$", "_"]  # a digit's token id is its value
         self.op_token = self.vocab.index(OPS[cfg.op])
-        self.eq_token, self.stop_token, self.pad_token = 12, 13, 14
+        self.eq_token, self.stop_token, self.pad_token = (self.vocab.index(s) for s in "=$_")
         widest = max(cfg.digits, cfg.ood_digits or 0)  # one layout fits the ood set too
         self.prompt_len = 2 * widest + 2
         self.answer_len = answer_width(cfg.op, widest) + 1
         self.seq_len = self.prompt_len + self.answer_len - 1
         self.loss_start = self.prompt_len - 1
 
-        def fixed(sample, keep, n, stream, field) -> Batch:
-            generator = stream_generator(cfg.seed, stream)
-            problems = distinct_problems(sample, keep, n, generator, field, cfg.problems())
-            return self.render(problems).to(self.device)
-
-        trainable = lambda problems: ~self.held_out(problems)
-        self._eval = fixed(self.sample, self.held_out, cfg.eval_size, 0, "eval_size")
-        if cfg.train_size is not None:
-            self._pool = fixed(self.sample, trainable, cfg.train_size, 1, "train_size")
-            self._train_eval = self._pool[: cfg.eval_size]
-        else:
-            self._train_eval = fixed(self.sample, trainable, cfg.eval_size, 2, "eval_size")
-        if cfg.ood_digits is not None:
+        self.hold_out(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size, cfg.problems())
+        if cfg.ood_digits is not None:  # longer operands: never in training, so no hash needed
             anything = lambda problems: torch.ones(len(problems), dtype=torch.bool)
-            self._ood = fixed(self.sample_ood, anything, cfg.eval_size, 3, "eval_size")
+            problems = distinct_problems(self.sample_ood, anything, cfg.eval_size,
+                                         stream_generator(cfg.seed, 3), "eval_size",
+                                         cfg.problems())
+            self._ood = self.render(problems).to(self.device)
 
-    def operands(self, n: int, generator: torch.Generator, width: int,
-                 shortest: int | None) -> Tensor:
-        """[n, width] digits (least significant first) of random numbers: uniform in
-        [0, 10^width), or of a length uniform in [shortest, width] with a non-zero leading digit."""
+    def operand_pairs(self, n: int, generator: torch.Generator, width: int,
+                      shortest: int | None) -> Tensor:
+        """Problems [n, 2 * width]: the digits of a, then of b, least significant first. Each
+        operand is uniform in [0, 10^width), or (shortest set) has a length uniform in
+        [shortest, width] and is uniform among the numbers of that length."""
         device = generator.device
-        digits = torch.randint(10, (n, width), generator=generator, device=device)
-        if shortest is None:
-            return digits
-        length = torch.randint(shortest, width + 1, (n, 1), generator=generator, device=device)
-        leading = torch.randint(1, 10, (n, 1), generator=generator, device=device)
-        place = torch.arange(width, device=device)
-        digits = torch.where((place == length - 1) & (length > 1), leading, digits)
-        return digits * (place < length)
+        digits = torch.randint(10, (n, 2, width), generator=generator, device=device)
+        if shortest is not None:
+            length = torch.randint(shortest, width + 1, (n, 2, 1), generator=generator,
+                                   device=device)
+            leading = torch.randint(1, 10, (n, 2, 1), generator=generator, device=device)
+            place = torch.arange(width, device=device)
+            digits = torch.where((place == length - 1) & (length > 1), leading, digits)
+            digits = digits * (place < length)
+        return einops.rearrange(digits, "n operand digit -> n (operand digit)")
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """Training-distribution problems [n, 2 * digits]: the digits of a, then of b."""
-        cfg = self.cfg
-        return torch.cat([self.operands(n, generator, cfg.digits, cfg.min_digits)
-                          for _ in range(2)], 1)
+        return self.operand_pairs(n, generator, self.cfg.digits, self.cfg.min_digits)
 
     def sample_ood(self, n: int, generator: torch.Generator) -> Tensor:
-        cfg = self.cfg
-        return torch.cat([self.operands(n, generator, cfg.ood_digits, cfg.ood_digits)
-                          for _ in range(2)], 1)
-
-    def held_out(self, problems: Tensor) -> Tensor:
-        """[n] bool: the in-distribution problems kept for testing."""
-        return in_test_bucket(problems, self.cfg.seed, self.cfg.test_fraction)
+        return self.operand_pairs(n, generator, self.cfg.ood_digits, self.cfg.ood_digits)
 
     def render(self, problems: Tensor) -> Batch:
         """Problems [n, 2w] (digits of a then b, least significant first) -> a Batch."""
@@ -217,13 +194,6 @@ class Arithmetic(Task):
         length = width if self.cfg.zero_pad else significant_length(digits)[:, None]
         valid = (torch.arange(width, device=digits.device) < length).expand_as(digits)
         return (digits, valid) if reverse else (digits.flip(1), valid.flip(1))
-
-    def fresh_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        problems, held_out = fresh_outside_bucket(self.sample, self.held_out, batch_size,
-                                                  generator)
-        batch = self.render(problems)
-        batch.mask &= ~held_out[:, None]  # the rare row still held out after redraws: not trained
-        return batch
 
     def answer_order(self, text: str) -> str:
         return text[::-1] if self.cfg.reverse_answer else text

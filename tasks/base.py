@@ -11,6 +11,7 @@ where lengths differ), so the answer is `targets[:, P-1 : P-1+answer_len]`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,15 +68,22 @@ def _mix(h: Tensor) -> Tensor:
     return (h ^ (h >> 13)) % _PRIME
 
 
-def hash_rows(rows: Tensor, seed: int) -> Tensor:
-    """Seeded hash of each row of non-negative ints (< 2**31) [B, n] -> [B] in [0, 2**31 - 1).
+@functools.cache
+def _powers(width: int, device: torch.device) -> Tensor:
+    """[_BASE^(width-1), ..., _BASE^0] mod _PRIME, made once per width and device: building a
+    tensor from a list would wait for the GPU at every training step."""
+    return torch.tensor([pow(_BASE, width - 1 - k, _PRIME) for k in range(width)], device=device)
 
-    A polynomial hash mod a prime with a nonlinear mix per step, all in int64 without overflow;
-    the seed changes the whole partition, so each data seed holds out different problems."""
-    h = _mix(torch.full(rows.shape[:1], seed % _PRIME, dtype=torch.int64, device=rows.device))
-    for column in rows.unbind(-1):  # a loop over columns, vectorized over the batch
-        h = _mix((h * _BASE + column + 1) % _PRIME)
-    return h
+
+def hash_rows(rows: Tensor, seed: int) -> Tensor:
+    """Seeded hash of each row [B, n] of small non-negative ints (< 2**20, n < 2**11) -> [B] in
+    [0, 2**31 - 1): a polynomial hash mod a prime, whose terms and sum stay below 2**63 in int64,
+    then a nonlinear mix. The seed changes the whole partition, so each data seed holds out
+    different problems."""
+    width = rows.shape[-1]
+    powers = _powers(width, rows.device)
+    seed_term = (seed % _PRIME + 1) * pow(_BASE, width, _PRIME) % _PRIME
+    return _mix(_mix((((rows + 1) * powers).sum(-1) + seed_term) % _PRIME))
 
 
 def in_test_bucket(rows: Tensor, seed: int, fraction: float) -> Tensor:
@@ -84,20 +92,6 @@ def in_test_bucket(rows: Tensor, seed: int, fraction: float) -> Tensor:
 
 
 Sampler = Callable[[int, torch.Generator], Tensor]  # (n, generator) -> problems [n, width]
-
-
-def fresh_outside_bucket(
-    sample: Sampler, is_test: Callable[[Tensor], Tensor], n: int, generator: torch.Generator,
-    rounds: int = 4,
-) -> tuple[Tensor, Tensor]:
-    """Sample n training problems, redrawing the rows that fall in the test bucket a few times
-    without a host sync. Returns (problems, still_test [n] bool): the caller zeroes the mask of
-    rows still in the bucket (about fraction**(rounds + 1) of them), so they are never trained on.
-    """
-    problems = sample(n, generator)
-    for _ in range(rounds):
-        problems = torch.where(is_test(problems)[:, None], sample(n, generator), problems)
-    return problems, is_test(problems)
 
 
 def unique_rows(rows: Tensor) -> Tensor:
@@ -120,7 +114,7 @@ def distinct_problems(
     (host-side, for fixed sets). Raises naming `task.<field>` when fewer than n seem to exist:
     three rounds in a row (of doubling size) that keep problems but find none new, or 256 draws
     per problem of the whole space (`space` problems) without finding enough."""
-    found = sample(0, generator)
+    found = sample(0, generator)  # no problems yet, of the right width
     stale, drawn, chunk = 0, 0, max(4 * n, 1024)
     while len(found) < n:
         kept = (candidates := sample(chunk, generator))[keep(candidates)]
@@ -146,9 +140,13 @@ def sample_rows(pool: Batch, batch_size: int | None, generator: torch.Generator)
 class Task:
     """The interface every task implements; see docs/architecture.md.
 
-    Subclasses set the attributes below, build their fixed sets (`_eval`, `_train_eval`, and
-    optionally `_pool`, the finite training set, and `_ood`) in `__init__` on `device`, and
-    implement `fresh_batch` if they have no finite training set."""
+    Subclasses set the attributes below and build their fixed sets (`_eval`, `_train_eval`,
+    optionally `_pool`, the finite training set, and `_ood`) in `__init__`, on `device`.
+
+    Most tasks describe a problem as a row of small ints: they implement `sample` (random problems
+    of the training distribution) and `render` (problems -> Batch) and call `hold_out`, which
+    holds out a hashed share of all problems and builds the fixed sets; `fresh_batch` then draws
+    training problems outside that share. Others override `fresh_batch` or keep a `_pool`."""
 
     vocab: list[str]
     seq_len: int
@@ -170,6 +168,38 @@ class Task:
     def d_vocab(self) -> int:
         return len(self.vocab)
 
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n random problems [n, width] of the training distribution, on the generator's device."""
+        raise NotImplementedError
+
+    def render(self, problems: Tensor) -> Batch:
+        raise NotImplementedError
+
+    def hold_out(self, seed: int, test_fraction: float, eval_size: int, train_size: int | None,
+                 space: int) -> None:
+        """Hold out the problems whose hash falls below test_fraction (the split is fixed by
+        `seed`), and build the fixed sets: eval_size distinct held-out problems; a pool of
+        train_size distinct other problems (None: fresh problems every step); a train-eval set of
+        eval_size other problems (the pool's first ones if there is a pool). `space` is the number
+        of distinct problems there are."""
+        self._seed, self._test_fraction = seed, test_fraction
+        trainable = lambda problems: ~self.held_out(problems)
+
+        def fixed(keep, n, stream, field) -> Batch:
+            generator = stream_generator(seed, stream)
+            return self.render(distinct_problems(self.sample, keep, n, generator, field, space))
+
+        self._eval = fixed(self.held_out, eval_size, 0, "eval_size").to(self.device)
+        if train_size is None:
+            self._train_eval = fixed(trainable, eval_size, 2, "eval_size").to(self.device)
+        else:
+            self._pool = fixed(trainable, train_size, 1, "train_size").to(self.device)
+            self._train_eval = self._pool[:eval_size]
+
+    def held_out(self, problems: Tensor) -> Tensor:
+        """[n] bool: which problems are kept for testing (see `hold_out`)."""
+        return in_test_bucket(problems, self._seed, self._test_fraction)
+
     def train_batch(self, batch_size: int | None, generator: torch.Generator) -> Batch:
         """A training batch on the generator's device; None = the whole finite training set."""
         if self._pool is not None:
@@ -180,8 +210,17 @@ class Task:
                              f" or task.train_size where the task has one)")
         return self.fresh_batch(batch_size, generator)
 
-    def fresh_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        raise NotImplementedError
+    def fresh_batch(self, batch_size: int, generator: torch.Generator, rounds: int = 4) -> Batch:
+        """Fresh training problems: rows that fall in the held-out share are redrawn a few times
+        without a host sync; the mask of any row still held out (about test_fraction**(rounds+1)
+        of them) is zeroed, so held-out problems are never trained on."""
+        problems = self.sample(batch_size, generator)
+        for _ in range(rounds):
+            redraw = self.held_out(problems)[:, None]
+            problems = torch.where(redraw, self.sample(batch_size, generator), problems)
+        batch = self.render(problems)
+        batch.mask &= ~self.held_out(problems)[:, None]
+        return batch
 
     def train_set(self) -> Batch | None:
         return self._pool

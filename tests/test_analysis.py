@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -122,7 +124,8 @@ def test_evaluate_scores_log_probability_brier_and_correctness_of_each_target():
                           [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]])
     model = FixedLogits(probs.log())
     task = SimpleNamespace(prompt_len=1, answer_len=1, stop_token=None, loss_start=0)
-    batch = Batch(tokens=torch.zeros(2, 2, dtype=torch.long), targets=torch.tensor([[0, 2], [1, 2]]),
+    batch = Batch(tokens=torch.zeros(2, 2, dtype=torch.long),
+                  targets=torch.tensor([[0, 2], [1, 2]]),
                   mask=torch.tensor([[True, False], [True, False]]))
     out = evaluate(model, task, batch)
     assert out.logprob[:, 0].tolist() == pytest.approx([math.log(0.7), math.log(0.2)])
@@ -387,12 +390,15 @@ STEPS = (0, 10)
 
 def write_run(run_dir, d_model: int, seed: int) -> None:
     """A run directory as train/ writes it: config, overrides, checkpoints, metrics.jsonl."""
+    weight_decay = float(seed)
     config = OmegaConf.create({"task": TASK, "seed": seed, "wandb": {"project": "phaselab"},
-                               "model": {"d_model": d_model, "n_layers": 1, "d_head": 8}})
+                               "model": {"d_model": d_model, "n_layers": 1, "d_head": 8},
+                               "optim": {"lr": 0.01, "weight_decay": weight_decay}})
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(config, run_dir / ".hydra/config.yaml")
-    OmegaConf.save(OmegaConf.create([f"model.d_model={d_model}"]),
-                   run_dir / ".hydra/overrides.yaml")
+    overrides = ["task=modular", f"model.d_model={d_model}", "optim.lr=0.01",
+                 f"optim.weight_decay={weight_decay}", f"seed={seed}"]
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra/overrides.yaml")
     task = tasks.build(TASK)
     model = tiny_gpt(task, d_model=d_model, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -443,8 +449,10 @@ def counted_scoring(monkeypatch):
 def test_find_runs_reads_coordinates_and_checkpoints(sweep):
     found = runs.find_runs(sweep)
     assert [r.name for r in found] == ["0", "1"]
+    # Base coordinates, plus the overrides that differ between runs (not optim.lr).
     assert found[1].coords == {"task": "modular", "op": "add", "p": 11, "d_model": 32,
-                               "n_layers": 1, "seed": 1}
+                               "n_layers": 1, "seed": 1, "weight_decay": 1.0}
+    assert "lr" in runs.find_runs(sweep / "0")[0].coords  # a single run keeps every override
     assert found[0].checkpoints() == list(STEPS)
     assert found[0].load_model(step=10).cfg.d_model == 16
     assert list(found[0].metrics()["step"]) == list(range(11))
@@ -522,3 +530,22 @@ def test_a_wandb_failure_is_reported_and_not_fatal(sweep, monkeypatch, caplog):
         assert main([str(sweep), "--last", "--wandb", "offline"]) == 0
     assert "wandb logging failed" in caplog.text and "no network" in caplog.text
     assert (sweep / "analysis/report.md").exists()
+
+
+def test_scores_agree_with_the_metrics_logged_in_training(tmp_path):
+    """A real two-run sweep from `python -m train`: the analysis of its last checkpoints
+    reproduces the eval metrics the training loop logged at the same step."""
+    sweep = tmp_path / "sweep"
+    subprocess.run(
+        [sys.executable, "-m", "train", "-m", "task=modular", "task.p=11",
+         "task.train_fraction=0.5", "model.d_model=16,32", "model.n_layers=1", "model.d_head=8",
+         "train.steps=20", "train.eval_every=10", "train.batch_size=null", "wandb.mode=disabled",
+         f"hydra.sweep.dir={sweep}"],
+        check=True, capture_output=True, cwd=tmp_path)
+    df = runs.score(sweep, last=True)
+    assert set(df["run"]) == {"0", "1"} and set(df["d_model"]) == {16, 32}
+    for run in runs.find_runs(sweep):
+        logged = run.metrics().dropna(subset=["eval/loss"]).iloc[-1]
+        scored = df[df["run"] == run.name].set_index("metric")["value"]
+        assert scored["eval/loss"] == pytest.approx(logged["eval/loss"], rel=1e-5)
+        assert scored["eval/exact_match"] == logged["eval/exact_match"]

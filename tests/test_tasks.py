@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 import tasks
 from tasks.arithmetic import ArithmeticConfig, answer_width
+from tasks.induction import InductionConfig
 from tasks.modular import ModularConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
@@ -23,6 +24,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
 SMALL = {
     "arithmetic": {"kind": "arithmetic", "digits": 3, "eval_size": 200},
     "modular": {"kind": "modular", "p": 23, "train_fraction": 0.5},
+    "induction": {"kind": "induction", "eval_size": 100},
+    "associative_recall": {"kind": "associative_recall", "n_pairs": 4, "n_keys": 8,
+                           "n_values": 8, "eval_size": 100},
+    "parity": {"kind": "parity", "n_bits": 12, "n_tasks": 4, "test_fraction": 0.05,
+               "eval_size": 200},
 }
 
 
@@ -118,22 +124,40 @@ def prompts(task, batch: tasks.Batch) -> set[str]:
     return {t.split("=")[0] for t in task.decode(batch.tokens[rows, : task.prompt_len])}
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(digits=st.integers(2, 3), seed=st.integers(0, 10**6),
        test_fraction=st.floats(0.05, 0.5), train_share=st.floats(0.05, 0.9))
 def test_arithmetic_held_out_problems_never_reach_training(digits, seed, test_fraction,
                                                           train_share):
     space = 10 ** (2 * digits)
     cfg = {"kind": "arithmetic", "digits": digits, "seed": seed, "test_fraction": test_fraction,
-           "eval_size": max(1, int(space * test_fraction / 2))}
+           "eval_size": min(2000, int(space * test_fraction / 2))}
     fresh = tasks.build(cfg)
     held_out = prompts(fresh, fresh.eval_set())
     # fresh sampling: thousands of draws, where a broken exclusion would hit the eval set often
     assert not prompts(fresh, fresh.train_batch(4096, generator(seed))) & held_out
-    pooled = tasks.build({**cfg, "train_size": int(space * (1 - test_fraction) * train_share)})
+    train_size = min(20_000, int(space * (1 - test_fraction) * train_share))
+    pooled = tasks.build({**cfg, "train_size": train_size})
     assert prompts(pooled, pooled.eval_set()) == held_out  # the split depends on the seed only
     assert not prompts(pooled, pooled.train_set()) & held_out
     assert len(prompts(pooled, pooled.train_set())) == pooled.cfg.train_size  # distinct problems
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10**6), test_fraction=st.floats(0.1, 0.5),
+       train_share=st.floats(0.05, 0.9))
+def test_parity_and_recall_held_out_problems_never_reach_training(seed, test_fraction,
+                                                                 train_share):
+    common = {"seed": seed, "test_fraction": test_fraction}
+    parity = {"kind": "parity", "n_bits": 8, "n_tasks": 3, "eval_size": 20, **common}
+    recall = {"kind": "associative_recall", "n_pairs": 2, "n_keys": 4, "n_values": 3,
+              "eval_size": 10, **common}  # 216 sequences in all
+    pooled = {**parity, "train_size": int(3 * 2**8 * (1 - test_fraction) * train_share) + 1}
+    for cfg in (parity, recall, pooled):
+        task = tasks.build(cfg)
+        held_out = prompts(task, task.eval_set())
+        trained = task.train_set() or task.train_batch(2000, generator(seed))
+        assert not prompts(task, trained) & held_out
 
 
 def test_arithmetic_held_out_share_matches_test_fraction():
@@ -203,6 +227,87 @@ def test_modular_minibatches_come_from_training_pairs():
     assert set(task.decode(batch.tokens)) <= set(task.decode(task.train_set().tokens))
 
 
+# ---------------------------------------------------------------- induction
+
+
+@pytest.mark.parametrize("options", [{}, {"bos": True, "copies": 3, "seq_len": 40},
+                                     {"min_segment": 2, "max_segment": 2, "seq_len": 8}])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_induction_attend_points_after_the_earlier_occurrence(options, seed):
+    task = tasks.build({"kind": "induction", "seed": seed, "eval_size": 50, **options})
+    cfg = task.cfg
+    for batch in all_sets(task, seed):
+        assert torch.equal(batch.attend >= 0, batch.mask)
+        rows, query = batch.mask.nonzero(as_tuple=True)
+        source = batch.attend[rows, query]
+        assert (source < query).all()
+        assert torch.equal(batch.tokens[rows, source - 1], batch.tokens[rows, query])
+        assert torch.equal(batch.tokens[rows, source], batch.targets[rows, query])
+        segment = (query - source + 1)[torch.searchsorted(rows, torch.arange(len(batch)))]
+        # every target a copy predicts is counted: (copies - 1) segments, minus the first token
+        assert torch.equal(batch.mask.sum(1), (cfg.copies - 1) * segment - 1)
+        if cfg.bos:
+            assert (batch.tokens[:, 0] == task.bos_token).all()
+            assert (batch.tokens[:, 1:] != task.bos_token).all()
+
+
+def test_induction_training_layout_varies_but_eval_layout_is_fixed():
+    task = tasks.build(InductionConfig(eval_size=200))
+    batch = task.train_batch(500, generator())
+    first = batch.mask.int().argmax(1)
+    lengths = batch.mask.sum(1) + 1
+    assert len(first.unique()) > 10 and set(lengths.tolist()) == set(range(6, 13))
+    eval_set = task.eval_set()
+    assert (eval_set.mask == eval_set.mask[0]).all()
+    assert (eval_set.attend == eval_set.attend[0]).all()
+    segment = task.cfg.eval_segment()
+    heads = eval_set.tokens[:, :segment]
+    assert all(len(row.unique()) == segment for row in heads)  # distinct tokens, as Olsson et al.
+
+
+# ---------------------------------------------------------------- associative recall
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_associative_recall_answer_is_the_query_keys_value(seed):
+    task = tasks.build({**SMALL["associative_recall"], "seed": seed})
+    for batch in all_sets(task, seed):
+        for text in task.decode(full(batch)):
+            *pairs, query, answer = text.split(" ")
+            keys, values = pairs[0::2], pairs[1::2]
+            assert all(k.startswith("k") for k in keys) and all(v.startswith("v") for v in values)
+            assert len(set(keys)) == len(keys)
+            assert answer == dict(zip(keys, values, strict=True))[query]
+
+
+# ---------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("options", [{"n_bits": 10, "k": 3}, {"n_bits": 30, "k": 1},
+                                     {"n_bits": 16, "k": 4, "n_tasks": 20, "train_size": 3000}])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_parity_label_is_the_parity_of_the_relevant_bits(options, seed):
+    task = tasks.build({"kind": "parity", "seed": seed, "test_fraction": 0.1, "eval_size": 50,
+                        **options})
+    for batch in all_sets(task, seed):
+        for text in task.decode(full(batch)):
+            task_id, bits, label = re.fullmatch(r"(?:\[(\d+)\])?([01]+)=([01])", text).groups()
+            relevant = task.relevant[int(task_id or 0)].tolist()
+            assert len(bits) == task.cfg.n_bits
+            assert int(label) == sum(int(bits[i]) for i in relevant) % 2
+
+
+def test_parity_tasks_have_distinct_subsets_and_zipfian_frequencies():
+    task = tasks.build({"kind": "parity", "n_bits": 30, "n_tasks": 50, "zipf_exponent": 1.4})
+    assert len({tuple(r) for r in task.relevant.tolist()}) == 50
+    ids = task.train_batch(20_000, generator()).tokens[:, 0] - 3
+    counts = torch.bincount(ids, minlength=50).float()
+    assert 2**1.4 * 0.9 < counts[0] / counts[1] < 2**1.4 * 1.1
+    assert counts[0] > counts[9] > counts[49]
+    other_seed = tasks.build({"kind": "parity", "n_bits": 30, "n_tasks": 50, "seed": 1})
+    assert not torch.equal(other_seed.relevant, task.relevant)
+
+
 # ---------------------------------------------------------------- every task
 
 
@@ -212,11 +317,11 @@ def test_tokens_are_in_the_vocabulary_and_the_mask_covers_the_answer(kind):
     assert len(set(task.vocab)) == len(task.vocab)
     for batch in all_sets(task):
         B, T = batch.tokens.shape
-        assert T == task.seq_len and batch.targets.shape == batch.mask.shape == (B, T)
+        assert task.seq_len == T and batch.targets.shape == batch.mask.shape == (B, T)
         assert batch.tokens.dtype == batch.targets.dtype == torch.int64
         assert batch.mask.dtype == torch.bool
         for t in (batch.tokens, batch.targets):
-            assert 0 <= t.min() and t.max() < task.d_vocab
+            assert t.min() >= 0 and t.max() < task.d_vocab
         assert not batch.mask[:, : task.loss_start].any()
         if task.prompt_len is None:
             continue
@@ -249,6 +354,21 @@ def test_batches_are_seeded_and_on_the_generators_device(kind, device):
     assert not torch.equal(reseeded.eval_set().tokens, task.eval_set().tokens)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", SMALL)
+def test_train_batch_never_waits_for_the_gpu(kind):
+    task = tasks.build(SMALL[kind], device="cuda")
+    gen = generator(0, "cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any host sync raises
+    try:
+        batches = [task.train_batch(64, gen), task.train_batch(None if kind == "modular" else 8,
+                                                                gen)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(b.tokens.is_cuda and b.mask.is_cuda for b in batches)
+
+
 @pytest.mark.parametrize("kind", SMALL)
 def test_decode_round_trips_through_encode(kind):
     task = tasks.build(SMALL[kind])
@@ -263,7 +383,7 @@ def test_decode_round_trips_through_encode(kind):
 def test_arithmetic_formats_round_trip(flags):
     task = tasks.build({"kind": "arithmetic", "digits": 5, "min_digits": 1, **flags})
     seq = full(task.train_batch(50, generator()))
-    for row, text in zip(seq, task.decode(seq)):
+    for row, text in zip(seq, task.decode(seq), strict=True):
         assert torch.equal(task.encode(text), row[row != task.pad_token])
 
 
@@ -289,7 +409,8 @@ BAD = [
     ({"kind": "arithmetic", "digits": 0}, "task.digits"),
     ({"kind": "arithmetic", "min_digits": 4}, "task.min_digits"),
     ({"kind": "arithmetic", "test_fraction": 0.0}, "task.test_fraction"),
-    ({"kind": "arithmetic", "digits": 2, "train_size": 9999}, "task.train_size"),
+    ({"kind": "arithmetic", "digits": 2, "train_size": 9999, "eval_size": 50},
+     "task.train_size"),
     ({"kind": "arithmetic", "digits": 2}, "task.eval_size"),  # 1% of 10^4 < 1000
     ({"kind": "arithmetic", "ood_digits": 3}, "task.ood_digits"),
     ({"kind": "arithmetic", "digts": 3}, "task.digts"),

@@ -40,9 +40,24 @@ class TrainConfig:
     log_every: int = 10  # steps between train/loss log lines
     grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
     overwrite: bool = False  # start over in a directory that holds a finished run
+    # N models at once in one process (train/ensemble.py), each its own run <run dir>/member_i
+    # with seed + i and data_seed + i; the lists give member i's optim.lr / optim.weight_decay.
+    ensemble: int = 1
+    ensemble_lr: list[float] | None = None
+    ensemble_weight_decay: list[float] | None = None
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
+        _check(self.ensemble >= 1, "train.ensemble", self.ensemble, "must be >= 1")
+        for key in ("ensemble_lr", "ensemble_weight_decay"):
+            _check(getattr(self, key) is None or len(getattr(self, key)) == self.ensemble,
+                   f"train.{key}", getattr(self, key),
+                   f"must be null or one value per member (train.ensemble={self.ensemble})")
+        _check(self.ensemble_lr is None or min(self.ensemble_lr) > 0, "train.ensemble_lr",
+               self.ensemble_lr, "every value must be > 0")
+        _check(self.ensemble_weight_decay is None or min(self.ensemble_weight_decay) >= 0,
+               "train.ensemble_weight_decay", self.ensemble_weight_decay,
+               "every value must be >= 0")
         for key in ("eval_every", "log_every"):
             _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
         _check(self.batch_size is None or self.batch_size > 0, "train.batch_size",
