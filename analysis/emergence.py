@@ -115,35 +115,37 @@ def grokking_steps(steps, train_acc, test_acc, threshold: float = 0.99) -> dict[
             "ratio": ratio}
 
 
-def _steepest(x: np.ndarray, y: np.ndarray, log: bool) -> int:
-    """Index i of the segment (x[i], x[i+1]) where y falls fastest."""
-    dx = np.diff(np.log(x)) if log else np.diff(x)
-    return int(np.argmin(np.diff(y) / dx))
+def _steepest(x: np.ndarray, y: np.ndarray, log: bool) -> int | None:
+    """Index i of the segment (x[i], x[i+1]) where y falls fastest; None if y never falls."""
+    if len(y) < 2:
+        return None
+    slopes = np.diff(y) / (np.diff(np.log(x)) if log else np.diff(x))
+    i = int(np.argmin(slopes))
+    return i if slopes[i] < 0 else None
 
 
 def phase_change_step(steps, loss, log: bool = True) -> float:
-    """Middle of the segment between checkpoints where `loss` falls fastest.
+    """Middle of the segment between checkpoints where `loss` falls fastest (NaN if it never
+    falls).
 
     Per log-step by default (midpoint: the geometric mean of the two steps): scale-free, so it
     treats log-spaced checkpoints (Pythia's 0, 1, 2, 4, ...) and evenly spaced ones alike, and
     is not drawn to the large early drop from the initial loss. log=False: per step."""
     x, y = _curve(steps, loss, log_x=log)
-    if len(y) < 2:
-        return float("nan")
     i = _steepest(x, y, log)
+    if i is None:
+        return float("nan")
     return float(np.sqrt(x[i] * x[i + 1]) if log else (x[i] + x[i + 1]) / 2)
 
 
 def phase_change_coincides(steps, loss, prefix_matching, tolerance: int = 1,
                            log: bool = True) -> bool:
-    """Whether the steepest fall of the loss and the steepest rise of prefix matching lie
-    within `tolerance` checkpoint intervals of each other (Olsson et al. 2022's co-occurrence
-    of the phase change and induction-head formation)."""
+    """Whether the loss falls and prefix matching rises, with the steepest fall and the
+    steepest rise within `tolerance` checkpoint intervals of each other (Olsson et al. 2022's
+    co-occurrence of the phase change and induction-head formation)."""
     x, both = _curve(steps, np.stack([loss, prefix_matching], axis=1), log_x=log)
-    if len(x) < 2:
-        return False
-    loss, prefix = both.T
-    return abs(_steepest(x, loss, log) - _steepest(x, -prefix, log)) <= tolerance
+    drop, rise = _steepest(x, both[:, 0], log), _steepest(x, -both[:, 1], log)
+    return drop is not None and rise is not None and abs(drop - rise) <= tolerance
 
 
 def bootstrap_ci(values, n: int = 1000, seed: int = 0) -> dict[str, float]:

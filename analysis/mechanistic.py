@@ -20,43 +20,54 @@ from tasks.modular import Modular
 
 
 @torch.no_grad()
-def _attention_to(model, tokens: Tensor, key: Tensor, batch_size: int = 256) -> Tensor:
-    """Mean attention [n_layers, n_heads] from each query q to key position key[b, q], over the
-    (example, query) pairs with key >= 0."""
+def head_scores(model, batch, batch_size: int = 1024) -> dict[str, Tensor]:
+    """Attention scores [n_layers, n_heads] of every head from one cached pass over `batch`:
+    "previous_token", and "prefix_matching" where the batch has `attend`.
+
+    prefix_matching (Olsson et al. 2022): mean attention from each query with
+    batch.attend >= 0 to the token after the earlier occurrence of the query's token; a perfect
+    induction head scores ~1, uniform causal attention the mean of 1/(q+1) over those queries.
+    previous_token: mean attention from each position q >= 1 to q - 1, the heads induction
+    heads compose with."""
+    n, seq = batch.tokens.shape
+    keys = {"previous_token": torch.arange(-1, seq - 1).expand(n, -1)}  # q = 0 not counted
+    if batch.attend is not None:
+        keys["prefix_matching"] = batch.attend.cpu()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    totals, counts = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0)
     try:
-        for lo in range(0, tokens.shape[0], batch_size):
-            keys = key[lo : lo + batch_size].to(device)
-            _, cache = model(tokens[lo : lo + batch_size].to(device), cache=True)
+        for lo in range(0, n, batch_size):
+            _, cache = model(batch.tokens[lo : lo + batch_size].to(device), cache=True)
             patterns = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(len(model.blocks))]
-            pattern = torch.stack(patterns)  # [L, B, H, Q, K]
+            pattern = torch.stack(patterns).float()  # [L, B, H, Q, K]
             n_layers, _, n_heads, _, _ = pattern.shape
-            index = keys.clamp(min=0)[None, :, None, :, None].expand(n_layers, -1, n_heads, -1, 1)
-            to_key = pattern.gather(-1, index).squeeze(-1)  # [L, B, H, Q]
-            counted = (keys >= 0)[None, :, None, :]
-            total = total + reduce(to_key * counted, "l b h q -> l h", "sum").float().cpu()
-            count += int(counted.sum())
+            for name, key in keys.items():
+                key = key[lo : lo + batch_size].to(device)
+                index = key.clamp(min=0)[None, :, None, :, None].expand(n_layers, -1, n_heads,
+                                                                         -1, 1)
+                to_key = pattern.gather(-1, index).squeeze(-1)  # [L, B, H, Q]
+                counted = (key >= 0)[None, :, None, :]
+                totals[name] = totals[name] + reduce(to_key * counted, "l b h q -> l h",
+                                                     "sum").cpu()
+                counts[name] += int(counted.sum())
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    return {name: totals[name] / max(counts[name], 1) for name in keys}
 
 
 def prefix_matching(model, batch) -> Tensor:
-    """Prefix-matching score [n_layers, n_heads] (Olsson et al. 2022): mean attention from each
-    query with batch.attend >= 0 to the token after the earlier occurrence of the query's token.
-    A perfect induction head scores ~1; uniform causal attention scores the mean of 1/(q+1)."""
-    return _attention_to(model, batch.tokens, batch.attend)
+    """Prefix-matching score [n_layers, n_heads] (see head_scores)."""
+    if batch.attend is None:
+        raise ValueError("prefix matching needs a batch with `attend` (e.g. an induction "
+                         "task's eval set)")
+    return head_scores(model, batch)["prefix_matching"]
 
 
 def previous_token_score(model, batch) -> Tensor:
-    """Mean attention [n_layers, n_heads] from each position q >= 1 to position q - 1: the
-    previous-token heads that induction heads compose with."""
-    n, seq = batch.tokens.shape
-    previous = torch.arange(-1, seq - 1).expand(n, -1)  # -1 at q = 0: not counted
-    return _attention_to(model, batch.tokens, previous)
+    """Previous-token score [n_layers, n_heads] (see head_scores)."""
+    return head_scores(model, batch)["previous_token"]
 
 
 def _loss_by_position(out: Outputs) -> Tensor:
@@ -141,12 +152,13 @@ def score_checkpoint(model, task) -> dict[str, float]:
 
     eval_set = task.eval_set()
     if eval_set.attend is not None and "eval" in outputs:
-        matching = prefix_matching(model, eval_set)
-        for layer, heads in enumerate(matching.tolist()):
-            for head, value in enumerate(heads):
+        heads = head_scores(model, eval_set)
+        matching = heads["prefix_matching"]
+        for layer, row in enumerate(matching.tolist()):
+            for head, value in enumerate(row):
                 scores[f"prefix_matching/L{layer}H{head}"] = value
         scores["prefix_matching_max"] = matching.max().item()
-        scores["previous_token_max"] = previous_token_score(model, eval_set).max().item()
+        scores["previous_token_max"] = heads["previous_token"].max().item()
         scores["icl_score"] = icl_score(outputs["eval"])
         scores["induction_loss"] = induction_loss(outputs["eval"])
 

@@ -70,7 +70,8 @@ def statistics_table(summary: pd.DataFrame, axis: str, statistics,
     if rows.empty:
         return pd.DataFrame()
     keys = [c for c in rows.columns if c not in SUMMARY_COLUMNS and rows[c].notna().any()]
-    series = [", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True) if pd.notna(v))
+    series = [", ".join(f"{k}={_cell(v)}" for k, v in zip(keys, values, strict=True)
+                        if pd.notna(v))
               for values in rows[keys].itertuples(index=False)]
     table = rows.assign(series=series).pivot_table(
         index=["series", "metric"], columns="statistic", values="value", aggfunc="first")

@@ -115,9 +115,12 @@ def _override_coords(config: DictConfig, overrides: list[str]) -> dict:
     coords = {}
     for override in overrides:
         key, _, raw = override.lstrip("+~").partition("=")
+        if key.startswith("hydra") or key in taken.values():
+            continue
         name = key.rsplit(".", 1)[-1]
-        name = name if taken.get(name, key) == key else key
-        if key.startswith("hydra") or key in taken.values() or taken.get(name, key) != key:
+        if name in taken:  # the short name is another key's: try the full one
+            name = key
+        if name in taken:
             continue
         value = OmegaConf.select(config, key, default=raw)
         coords[name] = raw if OmegaConf.is_config(value) else value
@@ -140,6 +143,8 @@ def find_runs(path: str | Path) -> list[Run]:
         overrides_path = config_path.with_name("overrides.yaml")
         try:
             config = OmegaConf.load(config_path)
+            if OmegaConf.select(config, "train.ensemble", default=1) > 1:
+                continue  # an ensemble's directory: its members, below it, are the runs
             overrides = list(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
             found.append((run_dir, config, _override_coords(config, overrides)))
         except (*BAD_ITEM, yaml.YAMLError) as e:

@@ -231,6 +231,24 @@ def test_prefix_matching_on_a_real_model_reads_its_attention_patterns():
     assert ((score > 0) & (score < 1)).all()
 
 
+def test_score_checkpoint_adds_induction_measures_near_chance_at_initialization():
+    task = tasks.build({"kind": "induction", "d_vocab_tokens": 16, "seq_len": 12,
+                        "min_segment": 3, "max_segment": 5, "eval_size": 50})
+    torch.manual_seed(0)
+    model = models.GPT(models.GPTConfig(d_vocab=len(task.vocab), n_ctx=task.seq_len,
+                                        d_model=16, n_layers=2, n_heads=2, attn_only=True,
+                                        norm="none"))
+    scores = mechanistic.score_checkpoint(model, task)
+    attend = task.eval_set().attend
+    query = torch.arange(attend.shape[1]).expand_as(attend)[attend >= 0]
+    uniform = (1 / (query + 1)).double().mean().item()
+    heads = [f"prefix_matching/L{layer}H{head}" for layer in range(2) for head in range(2)]
+    assert [scores[h] for h in heads] == pytest.approx([uniform] * 4, abs=0.01)
+    assert scores["prefix_matching_max"] == max(scores[h] for h in heads)
+    assert scores["induction_loss"] == pytest.approx(math.log(len(task.vocab)), abs=0.1)
+    assert abs(scores["icl_score"]) < 0.1 and "weight_norm" not in scores
+
+
 def test_icl_score_and_induction_loss_read_the_per_position_losses():
     logprob = torch.tensor([[-4.0, -4.0, -3.0, -1.0, -0.5, -0.1]] * 2)
     attend = torch.tensor([[-1, -1, -1, 1, 2, 3]] * 2)
@@ -310,6 +328,9 @@ def test_phase_change_step_finds_the_steepest_fall_and_its_coincidence_with_pref
     assert emergence.phase_change_coincides(steps, loss, matching)
     late = 0.85 / (1 + np.exp(-(steps - 2000) / 60))
     assert not emergence.phase_change_coincides(steps, loss, late)
+    rising = 8.4 - loss  # a loss that only rises has no phase change
+    assert math.isnan(emergence.phase_change_step(steps, rising))
+    assert not emergence.phase_change_coincides(steps, rising, 0.85 - matching)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_reproducible():

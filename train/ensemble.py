@@ -30,6 +30,7 @@ import functools
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +209,8 @@ def open_members(cfg: Config, model_cfg: GPTConfig, device: torch.device, run_di
             rng(member_cfg.seed)
         model = (GPT(model_cfg) if resume is None
                  else load_model(resume / "model.safetensors", expect=model_cfg)[0]).to(device)
+        if not stop:
+            run.begin(resume)
         optim = member_cfg.optim
         optimizer = torch.optim.AdamW(
             model.param_groups(optim.lr, optim.weight_decay, optim.decay_embeddings),
@@ -229,6 +232,27 @@ def hyperparameter(members: list[Member], key: str, device: torch.device) -> Ten
     index = torch.tensor([group_of[p] for p in members[0].model.parameters()], device=device)
     table = [[group[key] for group in m.optimizer.param_groups] for m in members]
     return torch.tensor(table, device=device)[:, index]
+
+
+def training_data(task: tasks.Task, members: list[Member],
+                  batch_size: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(tokens, targets, mask): [N, B, T], a batch per member from its own generator, or, for
+    full-batch training (batch_size None), the training set [B, T] that all members share."""
+    if batch_size is None:
+        batch = task.train_batch(None, members[0].generator)
+        return batch.tokens, batch.targets, batch.mask
+    batches = [task.train_batch(batch_size, m.generator) for m in members]
+    return tuple(torch.stack([getattr(b, key) for b in batches])
+                 for key in ("tokens", "targets", "mask"))
+
+
+def advance(schedulers: list[torch.optim.lr_scheduler.LambdaLR]) -> None:
+    """Step the members' schedules. Their optimizers only hold settings (the stacked update is
+    done above), so the scheduler's warning that optimizer.step() was never called is moot."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+        for scheduler in schedulers:
+            scheduler.step()
 
 
 def member_loss_fn(model: GPT, start: int, shared_data: bool):
@@ -328,10 +352,7 @@ def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: to
             if all(r is None for r in resumes):
                 checkpoint_all(at_eval=True, at_log=True, at_save=True)
             while step < total and preemption.signum is None and any(m.alive for m in members):
-                batches = [task.train_batch(cfg.train.batch_size, m.generator)
-                           for m in members[: 1 if shared_data else None]]
-                data = [torch.stack(parts) if len(parts) > 1 else parts[0]
-                        for parts in zip(*((b.tokens, b.targets, b.mask) for b in batches))]
+                data = training_data(task, members, cfg.train.batch_size)
                 with autocast(), attention():
                     losses = loss_fn(stacked.params, buffers, *data)
                 grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
@@ -339,10 +360,9 @@ def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: to
                 grad_norms = stacked.clip_(grad, cfg.train.grad_clip or math.inf)
                 lr = stacked.column(hyperparameter(members, "lr", device))
                 stacked.adamw_(grad, lr, weight_decay, cfg.optim.betas, cfg.optim.eps)
-                for m in members:
-                    m.scheduler.step()
+                advance([m.scheduler for m in members])
                 step += 1
-                tokens += batches[0].tokens.numel()
+                tokens += math.prod(data[0].shape[-2:])  # per member
                 for i, m in enumerate(members):
                     if m.alive:
                         m.stats.add(step, losses[i], grad_norms[i])

@@ -58,7 +58,7 @@ class RunLogger:
         elapsed_s), for the progress bar and the tokens/s figure."""
         self.total_steps, self.start = total_steps, start
         self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self.bar = None
+        self.bar, self.postfix = None, {}
         if sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start["step"], unit="step",
                             dynamic_ncols=True)
@@ -86,7 +86,9 @@ class RunLogger:
         self.wandb = wandb.init(
             project=cfg.project, entity=cfg.entity, group=cfg.group or group, tags=cfg.tags,
             name=cfg.name, config=config, dir=str(run_dir), id=run_id, resume="allow", mode=mode,
-            settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S),
+            # create_new: an ensemble (train/ensemble.py) keeps one wandb run open per member.
+            settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S,
+                                    reinit="create_new"),
         )
         for axis in ("step", "tokens", "flops"):  # x-axes to plot any metric against
             self.wandb.define_metric(axis)
@@ -102,13 +104,14 @@ class RunLogger:
         if self.bar is None:
             log.info(format_line(record, self.total_steps, tokens_per_s))
             return
-        self.bar.update(record["step"] - self.bar.n)
-        postfix = {"tok/s": f"{tokens_per_s:.3g}"}
+        # The bar keeps the latest loss and key metric, which arrive in different records.
+        self.postfix["tok/s"] = f"{tokens_per_s:.3g}"
         if "train/loss" in record:
-            postfix["loss"] = f"{record['train/loss']:.4f}"
+            self.postfix["loss"] = f"{record['train/loss']:.4f}"
         if (key := key_metric(record)) is not None:
-            postfix[key[0]] = f"{key[1]:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
+            self.postfix[key[0]] = f"{key[1]:.4f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(record["step"] - self.bar.n)
 
     def close(self, summary: dict, ok: bool) -> None:
         self.metrics.close()

@@ -65,13 +65,13 @@ class TrainStats:
     def __init__(self, device: torch.device):
         self.loss = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
-        self.count = 0
+        self.count = self.step = 0
         self.first_bad = torch.full((), -1, device=device)
 
     def add(self, step: int, loss: Tensor, grad_norm: Tensor) -> None:
         self.loss += loss.detach().float()
         self.grad_norm += grad_norm.float()
-        self.count += 1
+        self.count, self.step = self.count + 1, step
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
         self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad, step)
 
@@ -80,7 +80,7 @@ class TrainStats:
         if (bad := int(self.first_bad)) >= 0:
             raise Diverged(f"train/loss or train/grad_norm is not finite at step {bad}")
         if model is not None and not all(p.isfinite().all() for p in model.parameters()):
-            raise Diverged("the weights are not finite (lower optim.lr)")
+            raise Diverged(f"the weights are not finite after step {self.step}")
 
     def pop(self) -> dict[str, float]:
         """The means since the last call, then reset."""
@@ -95,7 +95,7 @@ class TrainStats:
 
     def state_dict(self) -> dict:
         return {"loss": self.loss, "grad_norm": self.grad_norm, "count": self.count,
-                "first_bad": self.first_bad}
+                "step": self.step, "first_bad": self.first_bad}
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in state.items():
@@ -135,6 +135,15 @@ def evaluate_all(model: GPT, task: tasks.Task, autocast) -> dict[str, float]:
     return scores
 
 
+def precision(cfg: Config, device: torch.device):
+    """The autocast context of cfg.dtype (bfloat16 where asked, or by default on CUDA; else
+    a no-op), after turning on TF32 for the float32 matmuls outside it on CUDA."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    return functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=bf16)
+
+
 def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         group: str | None = None) -> float | None:
     """Train as `cfg` says, writing everything into `run_dir` (resuming what is there), and
@@ -147,6 +156,11 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
     if cfg.train.batch_size is None and task.train_set() is None:
         raise ValueError("train.batch_size=null (full batch) needs a task with a finite training "
                          "set; set train.batch_size, or task.train_size where the task has one")
+    if cfg.train.ensemble > 1:  # N models in one process, each its own run in run_dir/member_i
+        from train.ensemble import run_ensemble  # (imports this module)
+
+        return run_ensemble(cfg, task, model_cfg, device, Path(run_dir), overrides or [], group,
+                            precision(cfg, device))
     run_dir = RunDir(Path(run_dir), cfg, overrides or [], group)
     resume = run_dir.open()  # refuses a finished run or a changed config
 
@@ -157,6 +171,7 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
     else:
         model = load_model(resume / "model.safetensors", expect=model_cfg)[0]
     model.to(device)
+    run_dir.begin(resume)
     optimizer = torch.optim.AdamW(
         model.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_embeddings),
         lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
@@ -176,10 +191,7 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         stats.load_state_dict(state["stats"])
         step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
 
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=bf16)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls outside autocast
+    autocast = precision(cfg, device)
     forward = torch.compile(model) if cfg.compile else model
     flops_per_token = model.flops_per_token()
     logger = RunLogger(run_dir.path, cfg.wandb, run_id=run_dir.info["wandb_id"],

@@ -81,7 +81,8 @@ class RunDir:
         self.info: dict = {}
 
     def open(self) -> Path | None:
-        """Prepare the directory and write run.json; returns the checkpoint to resume from."""
+        """Check the directory (wiping it for train.overwrite=true); return the checkpoint to
+        resume from, if any. Writes nothing else: `begin` does, once the model has loaded."""
         self.path.mkdir(parents=True, exist_ok=True)
         if self.cfg.train.overwrite:
             for name in ("checkpoints", "wandb"):
@@ -92,27 +93,30 @@ class RunDir:
             raise FileExistsError(
                 f"{self.path} holds a completed run (summary.json); pass train.overwrite=true to "
                 f"train it again from scratch, or choose another directory (hydra.run.dir=...)")
-        config = dataclasses.asdict(self.cfg)
         resume = checkpoint.resume_point(self.checkpoints) if self.checkpoints.exists() else None
         previous = read_json(self.path / "run.json")
         if resume is not None and previous:
-            if changes := config_changes(previous["config"], config):
+            if changes := config_changes(previous["config"], dataclasses.asdict(self.cfg)):
                 raise ValueError(
                     f"{self.path} holds a run with a different config, which a resumed run must "
                     f"keep: {'; '.join(changes)}. Use the same settings to resume it, pass "
                     f"train.overwrite=true to start it over, or choose another directory")
             self.info = previous
+        return resume
+
+    def begin(self, resume: Path | None) -> None:
+        """Write run.json and drop the metrics recorded after the resumed checkpoint."""
+        if self.info:
             self.info["resumed"].append({"at": now(), "step": checkpoint.step_of(resume),
                                          "git": git_state()})
             log.info("resuming %s from %s", self.path, resume.name)
         else:
-            self.info = {"config": config, "overrides": self.overrides, "group": self.group,
-                         "git": git_state(), "host": socket.gethostname(), "started": now(),
-                         "resumed": [], "wandb_id": uuid.uuid4().hex[:12]}
-        truncate_metrics(self.path / "metrics.jsonl", None if resume is None else
-                         checkpoint.step_of(resume))
+            self.info = {"config": dataclasses.asdict(self.cfg), "overrides": self.overrides,
+                         "group": self.group, "git": git_state(), "host": socket.gethostname(),
+                         "started": now(), "resumed": [], "wandb_id": uuid.uuid4().hex[:12]}
+        truncate_metrics(self.path / "metrics.jsonl",
+                         None if resume is None else checkpoint.step_of(resume))
         write_json(self.path / "run.json", self.info)
-        return resume
 
     def finish(self, model, status: str, error: str | None, step: int, total_steps: int,
                tokens: int, wall_time_s: float, last: dict) -> dict:
