@@ -73,6 +73,13 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"{path} did not appear"
+
+
 # --- the run directory ---------------------------------------------------------------------
 
 
@@ -136,9 +143,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run_bitwise(tmp_path):
     args = [*TINY, *RESUMABLE, f"hydra.run.dir={stopped}"]
     proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (stopped / "checkpoints/step_0000002").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(stopped / "checkpoints/step_0000002")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
@@ -198,16 +203,31 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
 # --- sweeps and wandb -----------------------------------------------------------------------
 
 
-def test_sweep_through_submitit_local_gives_one_run_directory_per_point(tmp_path):
-    result = cli("-m", *TINY, "model.d_model=16,32", "hydra/launcher=submitit_local",
-                 "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={tmp_path}", timeout=300)
-    assert result.returncode == 0, result.stderr
+def test_submitit_sweep_runs_every_point_and_requeues_a_preempted_job(tmp_path):
+    """Two points through hydra-submitit-launcher (local executor, the SLURM code path). Job 0
+    gets submitit's preemption signal (SIGUSR2) mid-run: the loop checkpoints, hands the signal
+    to submitit, which requeues the job; it resumes and ends as an uninterrupted run would."""
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    train(reference, *RESUMABLE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "-m", *TINY, *RESUMABLE, "model.d_model=16,32",
+         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(sweep / "0/checkpoints/step_0000002")
+    os.kill(read(sweep / "0/run.json")["pid"], signal.SIGUSR2)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+
     for job, width in enumerate((16, 32)):
-        assert read(tmp_path / str(job) / "summary.json")["status"] == "completed"
-        info = read(tmp_path / str(job) / "run.json")
+        assert read(sweep / str(job) / "summary.json")["status"] == "completed"
+        info = read(sweep / str(job) / "run.json")
         assert f"model.d_model={width}" in info["overrides"]
         assert info["config"]["model"]["d_model"] == width
-        assert info["group"] == tmp_path.name  # the sweep's wandb group
+        assert info["group"] == sweep.name  # the sweep's runs share a wandb group
+    assert len(read(sweep / "0/run.json")["resumed"]) == 1
+    assert records(sweep / "0") == records(reference)
+    assert_same_weights(weights(sweep / "0", 300), weights(reference, 300))
 
 
 def test_wandb_offline_logs_locally_without_network(tmp_path, monkeypatch):

@@ -23,14 +23,16 @@ log = logging.getLogger(__name__)
 WANDB_INIT_TIMEOUT_S = 60  # online mode on a node without network gives up after this
 
 
-def truncate_metrics(path: Path, last_step: int | None) -> None:
-    """Drop the records after `last_step` (all of them for None): a resumed run rewrites them."""
+def truncate_metrics(path: Path, last_step: int | None) -> dict:
+    """Drop the records after `last_step` (all of them for None): a resumed run rewrites them.
+    Returns the last record kept ({} if none)."""
     if not path.exists():
-        return
+        return {}
     keep = [] if last_step is None else [
         line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step
     ]
     path.write_text("".join(line + "\n" for line in keep))
+    return json.loads(keep[-1]) if keep else {}
 
 
 def key_metric(record: dict) -> tuple[str, float] | None:

@@ -218,7 +218,7 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         logger.log(row)
         return row
 
-    status, error, last = "failed", None, {}
+    status, error, last = "failed", None, run_dir.last_record
     start = task.loss_start
     try:
         with checkpoint.Preemption() as preemption:
@@ -264,5 +264,6 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         summary = run_dir.finish(model, status, error, step, total, tokens,
                                  time.perf_counter() - t0, last)
         logger.close(summary, ok=status != "failed")
-    preemption.hand_over()  # under submitit: requeue this job
+    if status == "preempted":
+        preemption.hand_over()  # under submitit: requeue this job
     return last.get("eval/loss") if status == "completed" else None

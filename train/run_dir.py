@@ -79,6 +79,7 @@ class RunDir:
         self.path, self.checkpoints = path, path / "checkpoints"
         self.cfg, self.overrides, self.group = cfg, overrides, group
         self.info: dict = {}
+        self.last_record: dict = {}  # the newest record in metrics.jsonl when training starts
 
     def open(self) -> Path | None:
         """Check the directory (wiping it for train.overwrite=true); return the checkpoint to
@@ -108,14 +109,16 @@ class RunDir:
         """Write run.json and drop the metrics recorded after the resumed checkpoint."""
         if self.info:
             self.info["resumed"].append({"at": now(), "step": checkpoint.step_of(resume),
-                                         "git": git_state()})
+                                         "git": git_state(), "host": socket.gethostname(),
+                                         "pid": os.getpid()})
             log.info("resuming %s from %s", self.path, resume.name)
         else:
             self.info = {"config": dataclasses.asdict(self.cfg), "overrides": self.overrides,
                          "group": self.group, "git": git_state(), "host": socket.gethostname(),
-                         "started": now(), "resumed": [], "wandb_id": uuid.uuid4().hex[:12]}
-        truncate_metrics(self.path / "metrics.jsonl",
-                         None if resume is None else checkpoint.step_of(resume))
+                         "pid": os.getpid(), "started": now(), "resumed": [],
+                         "wandb_id": uuid.uuid4().hex[:12]}
+        self.last_record = truncate_metrics(
+            self.path / "metrics.jsonl", None if resume is None else checkpoint.step_of(resume))
         write_json(self.path / "run.json", self.info)
 
     def finish(self, model, status: str, error: str | None, step: int, total_steps: int,
