@@ -7,7 +7,8 @@ Pure numpy/pandas: curves in, numbers or tables out.
 - How sudden, scale-free: BIG-bench's `linearity` and `breakthroughness` (Srivastava et al.
   2022); `emergence_score` (Schaeffer et al. 2023) is the same formula as breakthroughness.
 - Phenomenon-specific: `grokking_steps` (Power et al. 2022), `phase_change_step` of the
-  induction loss and whether it coincides with the prefix-matching rise (Olsson et al. 2022).
+  induction loss and whether it coincides with the prefix-matching rise (Olsson et al. 2022),
+  `plateau_drop` of a loss that plateaus and then drops abruptly (Barak et al. 2022).
 - Seeds: `bootstrap_ci`. `summarize` turns a scores table into a table of all of these.
 
 Curves are given in axis order; points with a NaN value are dropped, and on log axes so are
@@ -146,6 +147,24 @@ def phase_change_coincides(steps, loss, prefix_matching, tolerance: int = 1,
     x, both = _curve(steps, np.stack([loss, prefix_matching], axis=1), log_x=log)
     drop, rise = _steepest(x, both[:, 0], log), _steepest(x, -both[:, 1], log)
     return drop is not None and rise is not None and abs(drop - rise) <= tolerance
+
+
+def plateau_drop(steps, loss, band: float = 0.1) -> dict[str, float]:
+    """A plateau, then an abrupt drop, in a falling curve against steps (Barak et al. 2022's
+    sparse parity). `drop_end` is the first step where the loss comes within `band` of its range
+    of its minimum; the plateau is the median loss before it; `drop_start` is the last step
+    before drop_end where the loss is still within `band` (of the plateau-to-minimum fall) of
+    the plateau. `abruptness` = (drop_start - first step) / (drop_end - drop_start): the plateau's
+    length in units of the drop's; about 1 for a linear or exponential fall, far above 1 for a
+    long plateau ended by a sudden drop. NaN where the loss never falls."""
+    x, y = _curve(steps, loss, log_x=False)
+    end = int(np.flatnonzero(y <= y.min() + band * (y.max() - y.min()))[0]) if len(y) else 0
+    if end == 0:  # no point before the floor: the curve does not fall
+        return {"drop_start": float("nan"), "drop_end": float("nan"), "abruptness": float("nan")}
+    plateau = np.median(y[:end])
+    start = int(np.flatnonzero(y[:end] >= plateau - band * (plateau - y.min()))[-1])
+    return {"drop_start": float(x[start]), "drop_end": float(x[end]),
+            "abruptness": float((x[start] - x[0]) / (x[end] - x[start]))}
 
 
 def bootstrap_ci(values, n: int = 1000, seed: int = 0) -> dict[str, float]:

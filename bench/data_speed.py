@@ -37,17 +37,18 @@ def training_step(task: tasks.Task, generator: torch.Generator, device: torch.de
     return step
 
 
+def batches(task: tasks.Task, size: int, generator: torch.Generator, calls: int):
+    """A function drawing `calls` training batches of `size` examples."""
+    return lambda: [task.train_batch(size, generator) for _ in range(calls)]
+
+
 def main(quick: bool, device: torch.device) -> str:
     rows = []
     for kind, (schema, _) in tasks.TASKS.items():
         task = tasks.build(schema(), device)
         generator = torch.Generator(device).manual_seed(0)
         calls = 10 if quick else 50  # batches per timed call
-
-        def batches(size: int):
-            return lambda: [task.train_batch(size, generator) for _ in range(calls)]
-
-        candidates = {size: batches(size) for size in BATCHES}
+        candidates = {size: batches(task, size, generator, calls) for size in BATCHES}
         candidates["step"] = training_step(task, generator, device)
         times = interleaved(candidates, repeats=3 if quick else 7, device=device)
         per_batch = {size: median(times[size]) / calls for size in BATCHES}

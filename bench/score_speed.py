@@ -3,7 +3,8 @@
 A tiny sweep (addition, d_model 32 and 64, 2 layers, Pythia-style log-spaced checkpoints) is
 trained with `python -m train -m` one thread per run; then every checkpoint is scored in this
 process with `analysis.runs.score` (scoring only: no figures, no report), and once more by the
-whole command line (scores, statistics, figures and report, in a fresh process). The share
+whole command line (scores, statistics, figures and report, in a fresh process with as many
+threads as this one). The share
 compares a full score of every checkpoint with the sweep's training time (summary.json's wall
 times, which include the loop's own evaluations).
 """
@@ -11,11 +12,14 @@ times, which include the loop's own evaluations).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
 
 from analysis.runs import score
 from bench.timing import median, table, timed
@@ -33,7 +37,7 @@ def train_sweep(path: Path, steps: int) -> float:
     return sum(s["wall_time_s"] for s in summaries)
 
 
-def main(quick: bool, device) -> str:
+def main(quick: bool, device: torch.device) -> str:
     steps = 64 if quick else 512
     with tempfile.TemporaryDirectory() as tmp:
         sweep = Path(tmp) / "sweep"
@@ -47,9 +51,10 @@ def main(quick: bool, device) -> str:
         scored = score_all()
         checkpoints = len(scored[["run", "step"]].drop_duplicates())
         score_s = median([timed(score_all) for _ in range(1 if quick else 2)])
+        threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         cli_s = timed(lambda: subprocess.run(
             [sys.executable, "-m", "analysis", str(sweep), "--out", str(Path(tmp) / "cli"),
-             "--device", str(device)], check=True, capture_output=True))
+             "--device", str(device)], check=True, capture_output=True, env=threads))
     rows = [["score (in process)", checkpoints, f"{score_s:.1f}", checkpoints / score_s,
              f"{100 * score_s / training_s:.0f}%"],
             ["`python -m analysis` (fresh process, + figures, report)", checkpoints,

@@ -6,12 +6,15 @@ train/ensemble.py), on this machine.
    launched by `python -m train -m` four ways, each run one thread; wall time of the command,
    process start-up included.
 2. Ensemble against sequential in one process, d_model 32, at batch 64 and at 8 sequences per
-   model, where a batched step has the most launch overhead to save: N members of one
-   `train.loop.run` against N plain runs, interleaved.
+   model, where a batched step has the most per-operation overhead to save: N members of one
+   `train.loop.run` against N plain runs, interleaved; whole runs (evaluations, checkpoints
+   and directory bookkeeping included) and, from metrics.jsonl, steady-state steps.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import subprocess
 import sys
 import tempfile
@@ -67,10 +70,34 @@ def small_config(batch_size: int, steps: int, device: torch.device) -> Config:
         model=GPTConfig(d_model=32, n_layers=2, n_heads=4),
         task=ArithmeticConfig(eval_size=200),
         optim=OptimConfig(warmup_steps=10),
-        train=TrainConfig(steps=steps, batch_size=batch_size, eval_every=steps, log_every=50,
-                          ensemble=MEMBERS),
+        train=TrainConfig(steps=steps, batch_size=batch_size, eval_every=steps,
+                          log_every=steps // 6, ensemble=MEMBERS),
         checkpoint=CheckpointConfig(log_spaced_until=0, every=None),
         wandb=WandbConfig(mode="disabled"), device=str(device), threads=1)
+
+
+def candidates(cfg: Config, root: Path) -> dict:
+    """Train cfg's members as one ensemble run, or as plain runs one after another; each call
+    trains them afresh in new directories under `root`."""
+    calls = itertools.count()
+
+    def ensemble() -> None:
+        run(cfg, root / f"ensemble_{next(calls)}")
+
+    def sequential() -> None:
+        for i, member in enumerate(member_configs(cfg)):
+            run(member, root / f"plain_{next(calls)}_{i}")
+
+    return {"sequential": sequential, "ensemble": ensemble}
+
+
+def step_s(run_dir: Path) -> float:
+    """Seconds per training step between a run's first and last train/loss records (no
+    evaluation or checkpoint falls between them here)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "train/loss" in r]
+    first, last = logged[0], logged[-1]
+    return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
 
 
 def in_process(quick: bool, device: torch.device) -> str:
@@ -78,21 +105,15 @@ def in_process(quick: bool, device: torch.device) -> str:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for batch_size in (64, 8):
-            cfg = small_config(batch_size, steps, device)
-            counter = iter(range(10**6))
-
-            def ensemble(cfg=cfg):
-                run(cfg, Path(tmp) / f"e{next(counter)}")
-
-            def sequential(cfg=cfg):
-                for member in member_configs(cfg):
-                    run(member, Path(tmp) / f"s{next(counter)}")
-
-            times = interleaved({"sequential": sequential, "ensemble": ensemble},
+            root = Path(tmp) / f"batch_{batch_size}"
+            times = interleaved(candidates(small_config(batch_size, steps, device), root),
                                 repeats=1 if quick else 3)
+            plain = MEMBERS * median([step_s(d) for d in root.glob("plain_*")])
+            together = median([step_s(d / "member_0") for d in root.glob("ensemble_*")])
             rows.append([batch_size, MEMBERS * 3600 / median(times["sequential"]),
                          MEMBERS * 3600 / median(times["ensemble"]),
-                         f"**{speedup(times, 'ensemble', 'sequential'):.2f}**"])
+                         f"**{speedup(times, 'ensemble', 'sequential'):.2f}**",
+                         1e3 * plain, 1e3 * together, f"{plain / together:.2f}"])
             print(table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
     return "\n".join([
         f"{MEMBERS} runs of d_model 32, 2 layers ({steps} steps, evaluation at the start and the "
@@ -104,7 +125,8 @@ def in_process(quick: bool, device: torch.device) -> str:
 
 
 HEADERS = ["sequences per model", "sequential runs/hour", "ensemble runs/hour",
-           "ensemble vs sequential"]
+           "ensemble vs sequential", f"{MEMBERS} plain steps ms", "ensemble step ms",
+           "step speedup"]
 
 
 def main(quick: bool, device: torch.device) -> str:

@@ -13,8 +13,9 @@ How: the members' weights are one [N, P] tensor (row i: member i's parameters, f
 [N, *shape] views of it, one backward gives every member's gradient, and AdamW is a handful of
 elementwise operations on the [N, P] rows: the same update as `torch.optim.AdamW` with the
 loop's per-member gradient clipping, each member's learning rate and weight decay per parameter
-group coming from its own (never stepped) torch optimizer and LambdaLR schedule. Those also give
-each member's state.pt torch's own format, so a member's checkpoint resumes like any run's.
+group coming from its own torch optimizer (which holds settings and is never stepped) and its
+LambdaLR schedule. These also give each member's state.pt torch's own format, so a member's
+checkpoint resumes like any run's, in an ensemble or alone.
 
 A member whose loss turns non-finite is stopped (status failed); the others go on. Elapsed
 times are the ensemble's wall clock. On CPU the fused SDPA kernel has no vmap batching rule, so
@@ -201,15 +202,16 @@ def open_members(cfg: Config, model_cfg: GPTConfig, device: torch.device, run_di
     if len({s for s, out in zip(steps, stopped, strict=True) if not out}) > 1:
         raise ValueError(f"{run_dir}: the ensemble's members stopped at different steps "
                          f"{steps}; pass train.overwrite=true to start it over")
+    # Every directory is checked before any is written to.
+    resumes = [None if stop else run.open() for run, stop in zip(dirs, stopped, strict=True)]
     members = []
-    for member_cfg, run, stop in zip(configs, dirs, stopped, strict=True):
-        write_hydra_files(run.path, member_cfg, run.overrides)
-        resume = None if stop else run.open()
+    for member_cfg, run, stop, resume in zip(configs, dirs, stopped, resumes, strict=True):
         for rng in (torch.manual_seed, random.seed, np.random.seed):
             rng(member_cfg.seed)
         model = (GPT(model_cfg) if resume is None
                  else load_model(resume / "model.safetensors", expect=model_cfg)[0]).to(device)
         if not stop:
+            write_hydra_files(run.path, member_cfg, run.overrides)
             run.begin(resume)
         optim = member_cfg.optim
         optimizer = torch.optim.AdamW(
@@ -220,8 +222,7 @@ def open_members(cfg: Config, model_cfg: GPTConfig, device: torch.device, run_di
             member_cfg, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
             torch.Generator(device).manual_seed(member_cfg.data_seed), TrainStats(device), run,
             alive=not stop))
-    return members, [None if stop else run_point
-                     for run_point, stop in zip(points, stopped, strict=True)]
+    return members, resumes
 
 
 def hyperparameter(members: list[Member], key: str, device: torch.device) -> Tensor:
@@ -329,7 +330,7 @@ def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: to
         m.logger.close(summary, ok=status != "failed")
         m.alive = False
 
-    def checkpoint_all(at_eval: bool, at_log: bool, at_save: bool) -> None:
+    def record_and_save(at_eval: bool, at_log: bool, at_save: bool) -> None:
         for i, m in enumerate(members):
             if not m.alive:
                 continue
@@ -350,7 +351,7 @@ def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: to
     try:
         with checkpoint.Preemption() as preemption:
             if all(r is None for r in resumes):
-                checkpoint_all(at_eval=True, at_log=True, at_save=True)
+                record_and_save(at_eval=True, at_log=True, at_save=True)
             while step < total and preemption.signum is None and any(m.alive for m in members):
                 data = training_data(task, members, cfg.train.batch_size)
                 with autocast(), attention():
@@ -372,7 +373,7 @@ def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: to
                 at_save = (checkpoint.is_checkpoint_step(step, total, cfg.checkpoint)
                            or preemption.signum is not None)
                 if at_log or at_save:
-                    checkpoint_all(at_eval, at_log, at_save)
+                    record_and_save(at_eval, at_log, at_save)
             status = "completed" if step >= total else "preempted"
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
