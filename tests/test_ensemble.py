@@ -54,9 +54,10 @@ def assert_same_losses(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory):
-    """A 3-member ensemble over a learning-rate grid, and each member's config run alone."""
+    """A 3-member ensemble over a learning-rate and weight-decay grid, and each member's
+    config run alone."""
     root = tmp_path_factory.mktemp("ensemble")
-    cfg = config(ensemble_lr=[1e-3, 3e-3, 1e-2])
+    cfg = config(ensemble_lr=[1e-3, 3e-3, 1e-2], ensemble_weight_decay=[0.0, 0.1, 1.0])
     overrides = ["train.ensemble=3", "model.d_model=32"]
     write_hydra_files(root / "ensemble", cfg, overrides)  # as `python -m train` leaves them
     final = run(cfg, root / "ensemble", overrides=overrides)
@@ -75,8 +76,8 @@ def test_members_are_ordinary_runs_that_analysis_finds_with_their_coordinates(en
     root, final = ensemble
     found = find_runs(root / "ensemble")  # the ensemble's own directory holds no run
     assert [r.name for r in found] == ["member_0", "member_1", "member_2"]
-    assert [(r.coords["seed"], r.coords["lr"]) for r in found] == [(5, 1e-3), (6, 3e-3),
-                                                                    (7, 1e-2)]
+    assert [(r.coords["seed"], r.coords["lr"], r.coords["weight_decay"]) for r in found] == [
+        (5, 1e-3, 0.0), (6, 3e-3, 0.1), (7, 1e-2, 1.0)]
     for r in found:
         assert r.checkpoints() == [0, 1, 2, 4, 20]
         assert r.summary()["status"] == "completed"

@@ -1,0 +1,148 @@
+"""The published phenomena, reproduced through the app and checked on the numbers it writes.
+
+Each slow test runs a `conf/experiment/*_small.yaml` with `python -m train` (shortened where the
+phenomenon shows earlier; see docs/experiments.md for what each runs, the thresholds and the
+values measured), reads the runs' metrics.jsonl or `python -m analysis` tables, and asserts the
+phenomenon: grokking (Nanda et al. 2023), induction heads (Olsson et al. 2022), the exact-match
+mirage (Schaeffer et al. 2023) and the sparse-parity plateau (Barak et al. 2022). About 8 minutes
+on two idle cores. The fast tests check that every experiment composes and what the abrupt-drop
+statistic reports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.emergence import grokking_steps, phase_change_step, plateau_drop
+from analysis.runs import Run, find_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def _python(*args: str) -> None:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stderr[-3000:]}"
+
+
+def train(out: Path, experiment: str, *overrides: str, sweep: bool = False) -> list[Run]:
+    """Run `experiment` through `python -m train` into `out`; its runs, in sweep order."""
+    place = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    _python("-m", "train", f"experiment={experiment}", "wandb.mode=disabled", "threads=1",
+            f"{place}={out}", *overrides)
+    return find_runs(out)
+
+
+def analyse(out: Path, *options: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`python -m analysis out`: (scores.csv, summary.csv)."""
+    _python("-m", "analysis", str(out), *options)
+    return (pd.read_csv(out / "analysis" / "scores.csv"),
+            pd.read_csv(out / "analysis" / "summary.csv"))
+
+
+def evals(run: Run) -> pd.DataFrame:
+    """The metrics.jsonl rows that hold an evaluation."""
+    metrics = run.metrics()
+    return metrics[metrics["eval/loss"].notna()].reset_index(drop=True)
+
+
+def by_coordinate(runs: list[Run], name: str) -> dict:
+    return {run.coords[name]: run for run in runs}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    _python("-m", "train", f"experiment={experiment}", "--cfg", "job")
+
+
+def test_plateau_drop_tells_a_plateau_then_a_drop_from_a_steady_fall():
+    steps = np.arange(0, 3001, 50.0)
+    parity = np.where(steps < 1500, 0.69, np.where(steps < 1600, 0.35, 0.0))
+    parity[0] = 1.3  # the loss at initialization, above the plateau
+    drop = plateau_drop(steps, parity)
+    assert (drop["drop_start"], drop["drop_end"]) == (1450, 1600)
+    assert drop["abruptness"] == pytest.approx(1450 / 150)
+    assert plateau_drop(steps, np.exp(-steps / 300))["abruptness"] < 1.5
+    assert plateau_drop(steps, 1 - steps / 3000)["abruptness"] < 1.5
+    assert np.isnan(plateau_drop(steps, np.ones_like(steps))["abruptness"])
+    assert np.isnan(plateau_drop(steps, steps)["abruptness"])  # rises: no drop
+
+
+@pytest.mark.slow
+def test_grokking_generalizes_long_after_memorizing_and_not_without_weight_decay(tmp_path):
+    runs = train(tmp_path, "grokking_sweep_small", "optim.weight_decay=1.0,0.0",
+                 "task.train_fraction=0.4", "train.steps=2000", "checkpoint.every=null",
+                 sweep=True)
+    decayed, undecayed = (evals(by_coordinate(runs, "weight_decay")[wd]) for wd in (1.0, 0.0))
+
+    grok = grokking_steps(decayed["step"], decayed["train_eval/exact_match"],
+                          decayed["eval/exact_match"])
+    assert grok["memorization_step"] <= 300
+    assert grok["generalization_step"] >= 3 * grok["memorization_step"]
+    assert decayed["eval/exact_match"].iloc[-1] >= 0.95
+    # Without weight decay the training set is memorized and the test set is not learned.
+    assert undecayed["train_eval/exact_match"].iloc[-1] == 1.0
+    assert undecayed["eval/exact_match"].iloc[-1] < 0.5
+
+
+@pytest.mark.slow
+def test_induction_heads_form_in_two_layers_at_the_phase_change_and_not_in_one(tmp_path):
+    runs = train(tmp_path, "induction_heads_small", "model.n_layers=1,2", "train.steps=1500",
+                 sweep=True)
+    scores, summary = analyse(tmp_path)
+    curves = {layers: scores[scores["run"] == run.name].pivot_table(
+        index="step", columns="metric", values="value")
+        for layers, run in by_coordinate(runs, "n_layers").items()}
+
+    two = curves[2]
+    assert two["prefix_matching_max"].max() > 0.5
+    change = phase_change_step(two.index, two["induction_loss"])
+    before, after = two.index[two.index < change][-1], two.index[two.index > change][0]
+    assert two.loc[before, "induction_loss"] - two.loc[after, "induction_loss"] > 0.3
+    assert two.loc[:before, "induction_loss"].min() > 2.0  # the loss was high before it
+    rise = two.index[two["prefix_matching_max"] > 0.5][0]
+    assert abs(rise - change) <= 200  # the head forms where the loss drops
+    coincides = summary[(summary["n_layers"] == 2)
+                        & (summary["statistic"] == "coincides_with_prefix_matching")]
+    assert coincides["value"].item() == 1.0
+
+    one = curves[1]
+    assert one["prefix_matching_max"].max() < 0.2
+    assert one["induction_loss"].iloc[-1] > 2.0
+
+
+@pytest.mark.slow
+def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(tmp_path):
+    runs = train(tmp_path, "addition_emergence_small", "seed=0,1", sweep=True)
+    _, summary = analyse(tmp_path, "--last")
+    breakthrough = summary[(summary["axis"] == "params")
+                           & (summary["statistic"] == "breakthroughness")].set_index("metric")
+    exact = breakthrough.loc["eval/exact_match", "value"]
+    assert exact > 2 * breakthrough.loc["eval/token_accuracy", "value"]
+    assert exact > 2 * abs(breakthrough.loc["eval/edit_distance", "value"])
+
+    final = pd.DataFrame([{**run.coords, **evals(run).iloc[-1]} for run in runs])
+    rungs = final.groupby("d_model").mean(numeric_only=True)
+    assert rungs["eval/exact_match"].iloc[0] < 0.05
+    assert rungs["eval/exact_match"].iloc[-1] > 0.5
+    # The p^L check: from per-position accuracies it tracks the measured exact match.
+    assert (rungs["eval/predicted_exact_match_from_positions"]
+            - rungs["eval/exact_match"]).abs().max() < 0.15
+
+
+@pytest.mark.slow
+def test_sparse_parity_plateaus_at_chance_then_drops_abruptly(tmp_path):
+    run = train(tmp_path, "parity_small")[0]
+    curve = evals(run)
+    drop = plateau_drop(curve["step"], curve["eval/loss"])
+    plateau = curve[curve["step"].between(100, drop["drop_start"])]
+    assert plateau["eval/loss"].between(0.65, 0.75).all()  # at chance, log 2 = 0.69
+    assert drop["drop_start"] >= 300
+    assert drop["abruptness"] >= 3
+    assert curve["eval/exact_match"].iloc[-1] >= 0.95
