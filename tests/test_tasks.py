@@ -171,11 +171,12 @@ def test_arithmetic_held_out_share_matches_test_fraction():
 
 
 def test_arithmetic_rows_left_in_the_test_bucket_are_not_trained_on():
-    # a huge test fraction leaves some rows in the bucket after the redraws: their mask is zero
+    # a huge test fraction leaves rows in the bucket even after the redraw (0.9**2 = 81% of them,
+    # against 90% without a redraw): their mask is zero
     task = tasks.build({"kind": "arithmetic", "test_fraction": 0.9, "eval_size": 10})
     batch = task.train_batch(2000, generator())
     untrained = ~batch.mask.any(1)
-    assert 0 < untrained.sum() < 2000 * 0.9**4
+    assert 0 < untrained.sum() < 2000 * 0.85
     held_out = prompts(task, task.eval_set())
     trained = {t.split("=")[0] for t in task.decode(batch.tokens[~untrained, : task.prompt_len])}
     assert not trained & held_out
@@ -334,7 +335,10 @@ def test_tokens_are_in_the_vocabulary_and_the_mask_covers_the_answer(kind):
             stopped = (answer == task.stop_token).int().cumsum(1)
             assert (stopped[:, -1] >= 1).all()
             expected[:, P - 1 : P - 1 + A] = (stopped - (answer == task.stop_token).int()) == 0
-        assert torch.equal(batch.mask, expected)
+        # fresh batches zero the mask of the rare rows still held out after the redraw
+        kept = batch.mask.any(1)
+        assert kept.float().mean() > 0.99
+        assert torch.equal(batch.mask[kept], expected[kept])
 
 
 @pytest.mark.parametrize("device", DEVICES)
