@@ -47,7 +47,7 @@ def train(out: Path, experiment: str, *overrides: str, sweep: bool = False) -> l
 def analyse(out: Path, *options: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`python -m analysis out`: (scores.csv, summary.csv)."""
     _python("-m", "analysis", str(out), *options)
-    return (pd.read_csv(out / "analysis" / "scores.csv"),
+    return (pd.read_csv(out / "analysis" / "scores.csv", dtype={"run": str}),
             pd.read_csv(out / "analysis" / "summary.csv"))
 
 
