@@ -156,7 +156,7 @@ def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(tmp_p
 def test_sparse_parity_plateaus_at_chance_then_drops_abruptly(tmp_path):
     # Two seeds side by side: the plateau's length is set by chance (seed and rounding), so a
     # budget that almost always suffices for one seed does not always for both.
-    runs = train(tmp_path, "parity_small", "seed=0,1", "train.steps=2500",
+    runs = train(tmp_path, "parity_small", "seed=1,2", "train.steps=2000",
                  "checkpoint.every=null", sweep=True)
     solved = [curve for curve in map(evals, runs) if curve["eval/exact_match"].iloc[-1] >= 0.95]
     assert solved, "no seed left the plateau within the budget"
