@@ -2,8 +2,9 @@
 
 `evaluate` makes one teacher-forced pass (log-probability, argmax correctness and Brier score of
 every target token) plus, for tasks with a prompt/answer split, greedy generation of the answer
-from the prompt alone. Every metric in `analysis.metrics` is a pure function of the `Outputs` it
-returns, so the training loop and `python -m analysis` score checkpoints identically.
+from the prompt alone (one position per token, from a key/value cache). Every metric in
+`analysis.metrics` is a pure function of the `Outputs` it returns, so the training loop and
+`python -m analysis` score checkpoints identically.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from models.gpt import KVCache
 
 
 @dataclass
@@ -37,12 +40,13 @@ class Outputs:
 
 
 @torch.no_grad()
-def evaluate(model, task, batch, batch_size: int = 1024) -> Outputs:
+def evaluate(model, task, batch, batch_size: int = 1024, kv_cache: bool = True) -> Outputs:
     """Score `model` on `batch` (a `tasks.Batch` of `task`) in chunks of `batch_size` examples.
 
     no_grad rather than inference_mode: inference tensors cannot later enter autograd, and this
     runs inside the training loop. Logits are cast to float32 so the scores are the same under
-    CUDA autocast.
+    CUDA autocast. kv_cache=False generates by re-running the model over the whole prefix for
+    every token: the reference the cached decoding is checked and timed against.
     """
     was_training = model.training
     model.eval()
@@ -56,7 +60,7 @@ def evaluate(model, task, batch, batch_size: int = 1024) -> Outputs:
         for lo in range(0, max(len(batch.tokens), 1), batch_size):
             tokens = batch.tokens[lo : lo + batch_size].to(device)
             targets = batch.targets[lo : lo + batch_size].to(device)
-            chunks.append(_score_chunk(model, task, tokens, targets, start))
+            chunks.append(_score_chunk(model, task, tokens, targets, start, kv_cache))
     finally:
         model.train(was_training)
     logprob, correct, brier, generated = zip(*chunks, strict=True)
@@ -77,9 +81,13 @@ def evaluate(model, task, batch, batch_size: int = 1024) -> Outputs:
     return out
 
 
-def _score_chunk(model, task, tokens: Tensor, targets: Tensor, start: int):
+def _score_chunk(model, task, tokens: Tensor, targets: Tensor, start: int, kv_cache: bool):
     """Teacher-forced scores [B, T] and the greedy answer [B, A] (or None) of one chunk."""
-    logits = model(tokens, start=start).float()  # [B, T - start, V]
+    decode = task.prompt_len is not None and task.answer_len > 1
+    # The teacher-forced pass doubles as the prefill: causal attention makes the prompt's keys
+    # and values independent of the answer tokens after it.
+    past = KVCache(tokens.shape[1]) if decode and kv_cache else None
+    logits = model(tokens, start=start, past=past).float()  # [B, T - start, V]
     logp = torch.log_softmax(logits, dim=-1)
     target_logp = logp.gather(-1, targets[:, start:, None]).squeeze(-1)
     # sum_v (p_v - 1[v=t])^2 = sum_v p_v^2 - 2 p_t + 1
@@ -98,11 +106,16 @@ def _score_chunk(model, task, tokens: Tensor, targets: Tensor, start: int):
     if task.prompt_len is not None:
         # The first answer token sees exactly the prompt, so the teacher-forced argmax at P-1 is
         # already the greedy choice; later ones need the model's own earlier tokens.
-        seq_so_far = tokens[:, : task.prompt_len]
         generated = [argmax[:, task.prompt_len - 1 - start]]
+        if past is not None:
+            past.crop(task.prompt_len)  # drop the teacher-forced answer; generation writes its own
+        seq_so_far = tokens[:, : task.prompt_len]
         for _ in range(1, task.answer_len):
-            seq_so_far = torch.cat([seq_so_far, generated[-1][:, None]], dim=1)
-            last = seq_so_far.shape[1] - 1
-            generated.append(model(seq_so_far, start=last)[:, -1].argmax(-1))
+            if past is not None:  # one new position against the cached prefix
+                logits = model(generated[-1][:, None], past=past)
+            else:  # the whole prefix again
+                seq_so_far = torch.cat([seq_so_far, generated[-1][:, None]], dim=1)
+                logits = model(seq_so_far, start=seq_so_far.shape[1] - 1)
+            generated.append(logits[:, -1].argmax(-1))
         generated = torch.stack(generated, dim=1).cpu()
     return logprob.cpu(), correct.cpu(), brier.cpu(), generated

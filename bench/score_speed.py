@@ -7,10 +7,15 @@ whole command line (scores, statistics, figures and report, in a fresh process w
 threads as this one). The share
 compares a full score of every checkpoint with the sweep's training time (summary.json's wall
 times, which include the loop's own evaluations).
+
+Greedy answer generation decodes from a key/value cache; its baseline, scoring with
+`evaluate(..., kv_cache=False)` (the whole prefix re-run for every generated token), is timed
+in turns with it in the same process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -18,11 +23,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 
+from analysis.evaluate import evaluate
 from analysis.runs import score
-from bench.timing import median, table, timed
+from bench.timing import interleaved, median, speedup, table, timed
 
 
 def train_sweep(path: Path, steps: int) -> float:
@@ -44,22 +51,33 @@ def main(quick: bool, device: torch.device) -> str:
         training_s = train_sweep(sweep, steps)
         out = Path(tmp) / "analysis"
 
-        def score_all():
+        def score_all(kv_cache: bool = True):
             shutil.rmtree(out, ignore_errors=True)  # score everything: nothing cached
-            return score(sweep, out=out, device=str(device))
+            chosen = functools.partial(evaluate, kv_cache=kv_cache)
+            with mock.patch("analysis.mechanistic.evaluate", chosen):
+                return score(sweep, out=out, device=str(device))
 
         scored = score_all()
+        same = scored.equals(score_all(kv_cache=False))
         checkpoints = len(scored[["run", "step"]].drop_duplicates())
-        score_s = median([timed(score_all) for _ in range(1 if quick else 2)])
+        times = interleaved({"cached": score_all, "uncached": lambda: score_all(kv_cache=False)},
+                            repeats=1 if quick else 3, warmup=0, device=device)
+        score_s, uncached_s = median(times["cached"]), median(times["uncached"])
+        ratio = speedup(times, "cached", "uncached")
         threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         cli_s = timed(lambda: subprocess.run(
             [sys.executable, "-m", "analysis", str(sweep), "--out", str(Path(tmp) / "cli"),
              "--device", str(device)], check=True, capture_output=True, env=threads))
-    rows = [["score (in process)", checkpoints, f"{score_s:.1f}", checkpoints / score_s,
-             f"{100 * score_s / training_s:.0f}%"],
+    rows = [["score (in process), KV-cache generation", checkpoints, f"{score_s:.1f}",
+             checkpoints / score_s, f"{100 * score_s / training_s:.0f}%"],
+            ["score (in process), full-recompute generation (baseline)", checkpoints,
+             f"{uncached_s:.1f}", checkpoints / uncached_s,
+             f"{100 * uncached_s / training_s:.0f}%"],
             ["`python -m analysis` (fresh process, + figures, report)", checkpoints,
              f"{cli_s:.1f}", checkpoints / cli_s, f"{100 * cli_s / training_s:.0f}%"]]
-    print(table(HEADERS, rows), flush=True)
+    summary = (f"KV cache / full recompute: {ratio:.2f}x checkpoints/s (median of paired "
+               f"ratios); score tables identical: {'yes' if same else 'NO'}.")
+    print(table(HEADERS, rows), summary, sep="\n", flush=True)
     return "\n".join([
         "## Scoring checkpoints",
         "",
@@ -69,6 +87,8 @@ def main(quick: bool, device: torch.device) -> str:
         f"checkpoint's eval, train_eval and ood sets.",
         "",
         table(HEADERS, rows),
+        "",
+        summary,
     ])
 
 

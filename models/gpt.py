@@ -2,12 +2,15 @@
 
 Pre-norm blocks (attention, then an optional MLP) on a residual stream, in the spirit of
 nanoGPT, with the switches the experiments vary: norm type, position encoding, attention-only
-blocks, tied embeddings, standard or muP parametrization. Two forward paths share the weights:
+blocks, tied embeddings, standard or muP parametrization. Three forward paths share the weights:
 
 - training path, `model(tokens, start=0)`: attention through `F.scaled_dot_product_attention`;
   `start` drops the final layer's work on positions whose logits nobody reads;
 - inspection path, `model(tokens, cache=True)`: the same computation with attention patterns
-  computed explicitly and activations recorded under TransformerLens hook names.
+  computed explicitly and activations recorded under TransformerLens hook names;
+- decoding path, `model(tokens, past=kv)` with a `KVCache`: the tokens continue the positions
+  already in `kv`, attend to their stored keys and values and append their own, so greedy
+  generation costs one position per new token.
 
 Shapes: B batch, T positions, Q query positions, K key positions, H heads, D d_head.
 """
@@ -53,6 +56,40 @@ class Rotary(nn.Module):
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+class KVCache:
+    """Keys and values of every layer at positions 0 .. len-1, for incremental decoding.
+
+    Buffers [B, H, n_ctx, D] per layer are allocated on first use, in the dtype the keys are
+    computed in (bfloat16 under autocast), and written in place: no per-token concatenation.
+    `GPT.forward(tokens, past=kv)` stores the new positions and advances `len`.
+    """
+
+    def __init__(self, n_ctx: int):
+        self.n_ctx, self.len = n_ctx, 0
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v [B, H, T, D] at positions len .. len+T-1 of `layer`; returns the keys and
+        values [B, H, len+T, D] of every position so far."""
+        if layer not in self.k:
+            B, H, _, D = k.shape
+            self.k[layer] = k.new_empty(B, H, self.n_ctx, D)
+            self.v[layer] = v.new_empty(B, H, self.n_ctx, D)
+        end = self.len + k.shape[2]
+        self.k[layer][:, :, self.len : end] = k
+        self.v[layer][:, :, self.len : end] = v
+        if self.len == 0:
+            return k, v  # the fresh tensors: a prefill computes exactly what model(tokens) does
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def crop(self, length: int) -> None:
+        """Forget positions from `length` on; the next call writes over them."""
+        if not 0 <= length <= self.len:
+            raise ValueError(f"crop({length}): must be in [0, {self.len}]")
+        self.len = length
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -67,23 +104,40 @@ class Attention(nn.Module):
         # its square root (Yang et al. 2022, Tensor Programs V, Sec. 4).
         self.scale = 1 / cfg.d_head if cfg.parametrization == "mup" else 1 / math.sqrt(cfg.d_head)
 
-    def forward(self, x: Tensor, start: int, cache: dict | None, name: str) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        start: int,
+        cache: dict | None,
+        name: str,
+        past: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
         """x [B, T, d_model] -> [B, T - start, d_model]: queries at positions >= start only,
-        keys and values at every position. With `cache`, stores the pattern under `name`."""
+        keys and values at every position. With `cache`, stores the pattern under `name`; with
+        `past`, x continues the `past.len` positions stored there (this is layer `layer`)."""
         q = rearrange(self.q(x[:, start:]), "b q (h d) -> b h q d", h=self.n_heads)
         k, v = rearrange(self.kv(x), "b k (two h d) -> two b h k d", two=2, h=self.n_heads)
+        offset = 0 if past is None else past.len
         if self.rotary is not None:
-            q, k = self.rotary(q, offset=start), self.rotary(k, offset=0)
+            q, k = self.rotary(q, offset=offset + start), self.rotary(k, offset=offset)
+        if past is not None:
+            k, v = past.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if cache is None and start == 0:
+        T = x.shape[1]
+        if cache is None and start == 0 and offset == 0:
             z = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale
             )
+        elif cache is None and past is not None and start == T - 1:
+            # A decoding step: one query, the newest position, which sees every key.
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         else:
             # SDPA's is_causal aligns the mask top-left, which is wrong once queries start at
-            # `start`: query i sits at position start + i and sees keys 0..start + i.
-            T = x.shape[1]
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[start:]  # [Q, K]
+            # `start` or follow cached keys: query i sits at position offset + start + i and sees
+            # keys 0..offset + start + i.
+            causal = torch.ones(T, offset + T, dtype=torch.bool, device=x.device)
+            causal = causal.tril(diagonal=offset)[start:]  # [Q, K]
             if cache is None:
                 z = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=causal, dropout_p=dropout, scale=self.scale
@@ -115,11 +169,20 @@ class Block(nn.Module):
         self.mlp = None if cfg.attn_only else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, start: int, cache: dict | None, name: str) -> Tensor:
-        """x [B, T, d_model] -> [B, T - start, d_model]; records into `cache` if given."""
+    def forward(
+        self,
+        x: Tensor,
+        start: int,
+        cache: dict | None,
+        name: str,
+        past: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """x [B, T, d_model] -> [B, T - start, d_model]; records into `cache` if given, reads and
+        extends `past` if given."""
         if cache is not None:
             cache[name + "hook_resid_pre"] = x
-        attn = self.attn(self.ln1(x), start, cache, name + "attn.hook_pattern")
+        attn = self.attn(self.ln1(x), start, cache, name + "attn.hook_pattern", past, layer)
         x = x[:, start:] + self.drop(attn)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.ln2(x)))
@@ -173,20 +236,33 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=cfg.init_std)
             p.mul_(cfg.init_scale)  # Omnigrok scales every initial weight (Liu et al. 2023)
 
-    def forward(self, tokens: Tensor, start: int = 0, cache: bool = False):
+    def forward(
+        self, tokens: Tensor, start: int = 0, cache: bool = False, past: KVCache | None = None
+    ):
         """tokens [B, T] int64 -> logits [B, T - start, d_vocab]; with cache=True, returns
         (logits, cache) with `hook_embed`, `blocks.{i}.hook_resid_pre`,
         `blocks.{i}.attn.hook_pattern` [B, H, Q, K] and `blocks.{i}.hook_resid_post`, all over
-        every position."""
+        every position. With `past`, tokens sit at positions past.len .. past.len + T - 1,
+        attend to the keys and values stored there too, and are appended to it."""
         T = tokens.shape[1]
-        if self.cfg.n_ctx < T:
+        offset = 0 if past is None else past.len
+        if past is not None:
+            if cache:
+                raise ValueError("cache=True records every position; it cannot run with past")
+            n_ctx = min(self.cfg.n_ctx, past.n_ctx)
+            if n_ctx < offset + T:
+                raise ValueError(
+                    f"{offset} cached positions + {T} new tokens exceed the KV cache's "
+                    f"length {past.n_ctx} or model.n_ctx={self.cfg.n_ctx}"
+                )
+        elif self.cfg.n_ctx < T:
             raise ValueError(f"sequence of {T} tokens exceeds model.n_ctx={self.cfg.n_ctx}")
         if not 0 <= start < T:
             raise ValueError(f"start={start} must be in [0, {T}) for a sequence of {T} tokens")
         store = {} if cache else None
         x = self.embed(tokens)
         if self.pos_embed is not None:
-            x = x + self.pos_embed.weight[:T]
+            x = x + self.pos_embed.weight[offset : offset + T]
         if store is not None:
             store["hook_embed"] = x
         x = self.drop(x)
@@ -194,7 +270,9 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             # Earlier layers need every position: the last layer's keys and values read them.
             skip = start if i == last and store is None else 0
-            x = block(x, skip, store, f"blocks.{i}.")
+            x = block(x, skip, store, f"blocks.{i}.", past, i)
+        if past is not None:
+            past.len += T
         x = self.ln_f(x[:, start - T :])
         logits = F.linear(x, self.embed.weight if self.unembed is None else self.unembed.weight)
         if self.cfg.parametrization == "mup":

@@ -109,13 +109,15 @@ def test_answer_logprob_sums_the_answer_tokens_and_averages_over_examples():
 
 
 class FixedLogits(torch.nn.Module):
-    """A stand-in model whose logits [B, T, V] are given; honours `start`."""
+    """A stand-in model whose logits [B, T, V] are given; honours `start` (with answer_len 1,
+    evaluate passes no KV cache)."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.logits = torch.nn.Parameter(logits)
 
-    def forward(self, tokens, start=0):
+    def forward(self, tokens, start=0, past=None):
+        assert past is None
         return self.logits[: tokens.shape[0], start : tokens.shape[1]]
 
 
@@ -159,6 +161,26 @@ def test_greedy_generation_matches_a_token_by_token_reference_and_chunking():
     whole = evaluate(model, task, batch)
     assert torch.allclose(out.logprob[out.mask], whole.logprob[whole.mask], atol=1e-5)
     assert metrics.compute(out)["exact_match"] == metrics.compute(whole)["exact_match"]
+
+
+@pytest.mark.parametrize("pos, n_layers", [("learned", 1), ("rotary", 3), ("none", 2)])
+def test_kv_cache_generation_leaves_every_output_unchanged(pos, n_layers):
+    task = tasks.build({"kind": "arithmetic", "digits": 2, "test_fraction": 0.2,
+                        "eval_size": 200})
+    torch.manual_seed(0)
+    # init_scale 3: answers that vary with the problem, so that generation is really exercised.
+    model = models.GPT(models.GPTConfig(d_vocab=len(task.vocab), n_ctx=task.seq_len, d_model=32,
+                                        n_layers=n_layers, d_head=8, pos=pos, init_scale=3.0))
+    batch = task.eval_set()
+    cached = evaluate(model, task, batch, batch_size=64)
+    full = evaluate(model, task, batch, batch_size=64, kv_cache=False)
+    assert len(full.generated.unique(dim=0)) > 10
+    assert torch.equal(cached.generated, full.generated)
+    for field in ("logprob", "correct", "brier"):
+        torch.testing.assert_close(getattr(cached, field), getattr(full, field), rtol=0, atol=0,
+                                   equal_nan=True)
+    exact = pytest.approx(metrics.compute(full), rel=0, abs=0, nan_ok=True)
+    assert metrics.compute(cached) == exact
 
 
 def test_metrics_without_an_answer_split_score_every_masked_position_teacher_forced():

@@ -19,6 +19,7 @@ from models import (
     read_metadata,
     save_model,
 )
+from models.gpt import KVCache
 from models.ladder import ladder_table
 
 V, CTX = 16, 12
@@ -192,6 +193,77 @@ def test_bad_lengths_raise():
         model(tokens(length=CTX + 1))
     with pytest.raises(ValueError, match="start"):
         model(tokens(), start=CTX)
+
+
+# --- incremental decoding ------------------------------------------------------------------
+
+# Positions (learned, rotary, none), attention-only and depth, on top of the structural variants.
+DECODING = {
+    **VARIANTS,
+    "one_layer": {"n_layers": 1},
+    "rotary_3_layers": {"pos": "rotary", "n_layers": 3},
+    "attn_only_rotary_3_layers": {"attn_only": True, "pos": "rotary", "n_layers": 3},
+}
+
+
+def greedy(model: GPT, prompt: torch.Tensor, steps: int, kv_cache: bool):
+    """Greedy continuation of prompt [B, P]: (tokens [B, steps], logits [B, steps, V]), either
+    one position per step from a KVCache or by re-running the whole prefix every step."""
+    seq, new, logits = prompt, prompt, []
+    past = KVCache(CTX) if kv_cache else None
+    for _ in range(steps):
+        last = model(seq)[:, -1] if past is None else model(new, past=past)[:, -1]
+        new = last.argmax(-1, keepdim=True)
+        seq, logits = torch.cat([seq, new], dim=1), [*logits, last]
+    return seq[:, prompt.shape[1] :], torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("overrides", DECODING.values(), ids=DECODING.keys())
+def test_kv_cache_greedy_decoding_matches_full_recompute(overrides):
+    # init_scale 3: logits that depend clearly on position and context, so that a wrong
+    # position offset or a stale key shows in the logits and the greedy tokens.
+    model = build(init_scale=3.0, **overrides).eval()
+    prompt = tokens(batch=16, length=3)
+    with torch.no_grad():
+        cached, cached_logits = greedy(model, prompt, CTX - 3, kv_cache=True)
+        full, full_logits = greedy(model, prompt, CTX - 3, kv_cache=False)
+    assert len(full.unique(dim=0)) > 1  # the continuations depend on the prompt
+    assert torch.equal(cached, full)
+    torch.testing.assert_close(cached_logits, full_logits, atol=1e-5, rtol=0)
+
+
+@variants
+def test_kv_cache_chunks_with_start_and_crop_match_one_pass(overrides):
+    model = build(init_scale=3.0, **overrides).eval()
+    x = tokens()
+    full = model(x)
+    # An empty cache's pass is the plain forward (what evaluate's teacher-forced pass relies on).
+    assert torch.equal(model(x, start=3, past=KVCache(CTX)), model(x, start=3))
+    past = KVCache(CTX)
+    close = dict(atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(x[:, :7], start=3, past=past), full[:, 3:7], **close)
+    torch.testing.assert_close(model(x[:, 7:10], past=past), full[:, 7:10], **close)
+    past.crop(8)  # positions 8, 9 are written again
+    torch.testing.assert_close(model(x[:, 8:11], start=1, past=past), full[:, 9:11], **close)
+    torch.testing.assert_close(model(x[:, 11:], past=past), full[:, 11:], **close)
+    assert past.len == CTX
+
+
+def test_kv_cache_refuses_to_outgrow_n_ctx_or_record_hooks():
+    model = build().eval()
+    past = KVCache(CTX)
+    model(tokens(length=CTX - 1), past=past)
+    with pytest.raises(ValueError, match=f"{CTX - 1} cached positions .* model.n_ctx={CTX}"):
+        model(tokens(length=2), past=past)
+    model(tokens(length=1), past=past)  # exactly full
+    with pytest.raises(ValueError, match="model.n_ctx"):
+        model(tokens(length=1), past=past)
+    with pytest.raises(ValueError, match="length 4"):
+        model(tokens(length=5), past=KVCache(4))
+    with pytest.raises(ValueError, match="past"):
+        model(tokens(), cache=True, past=KVCache(CTX))
+    with pytest.raises(ValueError, match="crop"):
+        past.crop(CTX + 1)
 
 
 def test_dropout_is_active_in_training_only():
