@@ -156,8 +156,15 @@ def plateau_drop(steps, loss, band: float = 0.1) -> dict[str, float]:
     before drop_end where the loss is still within `band` (of the plateau-to-minimum fall) of
     the plateau. `abruptness` = (drop_start - first step) / (drop_end - drop_start): the plateau's
     length in units of the drop's; about 1 for a linear or exponential fall, far above 1 for a
-    long plateau ended by a sudden drop. NaN where the loss never falls."""
+    long plateau ended by a sudden drop. NaN where the loss never falls.
+
+    All of this reads the curve through a running median of three evaluations, so a spike at a
+    single evaluation (an Adam instability, up or down) neither stretches the range nor ends the
+    plateau; a change that lasts two evaluations or more is kept, edges and all.
+    """
     x, y = _curve(steps, loss, log_x=False)
+    if len(y) >= 3:
+        y[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
     end = int(np.flatnonzero(y <= y.min() + band * (y.max() - y.min()))[0]) if len(y) else 0
     if end == 0:  # no point before the floor: the curve does not fall
         return {"drop_start": float("nan"), "drop_end": float("nan"), "abruptness": float("nan")}
@@ -192,6 +199,9 @@ def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], flo
         stats[(metric, "breakthroughness")] = breakthroughness(in_order)
     if axis != "step":
         return stats
+    if "eval/loss" in wide.columns:
+        for name, value in plateau_drop(x, wide["eval/loss"]).items():
+            stats[("eval/loss", name)] = value
     if {"train_eval/exact_match", "eval/exact_match"} <= set(wide.columns):
         grok = grokking_steps(x, wide["train_eval/exact_match"], wide["eval/exact_match"])
         for name, value in grok.items():

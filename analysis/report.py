@@ -24,7 +24,7 @@ STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
 SUMMARY_COLUMNS = ("axis", "metric", "statistic", "value", "seed_mean", "ci_low", "ci_high",
                    "n_seeds")
 EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "phase_change_step",
-          "coincides_with_prefix_matching")
+          "coincides_with_prefix_matching", "drop_start", "drop_end", "abruptness")
 
 
 def _cell(value) -> str:
@@ -109,7 +109,12 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
         parts += ["## Events during training",
                   "Grokking: first steps where train and test accuracy reach 0.99. Induction: "
                   "the steepest fall of the induction loss per log-step, and whether it lies "
-                  "within one checkpoint of the steepest rise of prefix matching.",
+                  "within one checkpoint of the steepest rise of prefix matching. Plateau "
+                  "and drop (Barak et al. 2022) of the eval loss: `abruptness` is the plateau's "
+                  "length in units of the drop's, far above 1 for a sudden drop. All on the "
+                  "seed-averaged curve: seeds that drop at different steps average to a gradual "
+                  "fall, so read the per-seed values (`seed_mean`, `ci_low`, `ci_high`) in "
+                  "`summary.csv` too.",
                   markdown_table(events)]
     if figures:
         parts.append("## Figures")

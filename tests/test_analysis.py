@@ -399,6 +399,24 @@ def test_summarize_reports_each_statistic_per_metric_and_axis_with_seed_interval
     assert 10**5 < transition < 10**5.6
 
 
+def test_summarize_finds_the_plateau_and_drop_of_each_seeds_eval_loss():
+    steps = np.arange(0, 3001, 100)
+    rows = []
+    for seed, drop_at in ((0, 1000), (1, 2000)):
+        loss = np.where(steps < drop_at, 0.69, 0.0)
+        loss[0] = 1.3
+        rows += [{"run": str(seed), "task": "parity", "seed": seed, "params": 1e4,
+                  "non_embedding_params": 1e4, "step": step, "tokens": 0, "flops": 0,
+                  "metric": "eval/loss", "value": value}
+                 for step, value in zip(steps, loss, strict=True)]
+    summary = emergence.summarize(pd.DataFrame(rows))
+    row = summary[(summary["axis"] == "step") & (summary["metric"] == "eval/loss")
+                  & (summary["statistic"] == "abruptness")].iloc[0]
+    # Seed 0 drops between steps 900 and 1000, seed 1 between 1900 and 2000.
+    assert row["n_seeds"] == 2
+    assert row["seed_mean"] == pytest.approx((900 / 100 + 1900 / 100) / 2)
+
+
 # --- plots --------------------------------------------------------------------------------
 
 

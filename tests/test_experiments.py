@@ -86,6 +86,10 @@ def test_plateau_drop_tells_a_plateau_then_a_drop_from_a_steady_fall():
     drop = plateau_drop(steps, parity)
     assert (drop["drop_start"], drop["drop_end"]) == (1450, 1600)
     assert drop["abruptness"] == pytest.approx(1450 / 150)
+    spiky = parity.copy()
+    spiky[[19, 40]] = 9.5  # loss spikes at steps 950 (on the plateau) and 2000 (after the drop)
+    spiky[25] = 0.3  # and a dip, on the plateau, at step 1250
+    assert plateau_drop(steps, spiky) == drop
     assert plateau_drop(steps, np.exp(-steps / 300))["abruptness"] < 1.5
     assert plateau_drop(steps, 1 - steps / 3000)["abruptness"] < 1.5
     assert np.isnan(plateau_drop(steps, np.ones_like(steps))["abruptness"])
@@ -154,13 +158,15 @@ def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(tmp_p
 
 @pytest.mark.slow
 def test_sparse_parity_plateaus_at_chance_then_drops_abruptly(tmp_path):
-    # Two seeds side by side: the plateau's length is set by chance (seed and rounding), so a
-    # budget that almost always suffices for one seed does not always for both.
-    runs = train(tmp_path, "parity_small", "seed=1,2", "train.steps=2000",
-                 "checkpoint.every=null", sweep=True)
-    solved = [curve for curve in map(evals, runs) if curve["eval/exact_match"].iloc[-1] >= 0.95]
-    assert solved, "no seed left the plateau within the budget"
-    for curve in solved:
-        left_chance = curve.loc[curve["eval/loss"] < 0.6, "step"].iloc[0]
-        assert left_chance >= 400  # hundreds of steps at chance, log 2 = 0.69
-        assert plateau_drop(curve["step"], curve["eval/loss"])["abruptness"] >= 3
+    runs = train(tmp_path, "parity_small", "checkpoint.every=null")  # 8 seeds, one ensemble
+    curves = [evals(run) for run in runs]
+    assert len(curves) == 8
+    for curve in curves:  # every seed sits at chance, log 2 = 0.69, for hundreds of steps
+        assert (curve.loc[curve["step"] < 300, "eval/loss"] > 0.6).all()
+    # The plateau's length is set by chance (the seed, and through it floating-point rounding),
+    # so only some seeds leave it within the budget: each does with probability ~0.6 (14 of
+    # seeds 0-23), and fewer than 2 of 8 then has probability ~0.01.
+    solved = [curve for curve in curves if curve["eval/exact_match"].iloc[-1] >= 0.95]
+    assert len(solved) >= 2, f"{len(solved)} of 8 seeds left the plateau within the budget"
+    for curve in solved:  # the drop takes at most half as long as the plateau before it
+        assert plateau_drop(curve["step"], curve["eval/loss"])["abruptness"] >= 2
