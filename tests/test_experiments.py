@@ -4,7 +4,7 @@ Each slow test runs a `conf/experiment/*_small.yaml` with `python -m train` (sho
 phenomenon shows earlier; see docs/experiments.md for what each runs, the thresholds and the
 values measured), reads the runs' metrics.jsonl or `python -m analysis` tables, and asserts the
 phenomenon: grokking (Nanda et al. 2023), induction heads (Olsson et al. 2022), the exact-match
-mirage (Schaeffer et al. 2023) and the sparse-parity plateau (Barak et al. 2022). About 13
+mirage (Schaeffer et al. 2023) and the sparse-parity plateau (Barak et al. 2022). About 14
 minutes on two shared cores. The fast tests check that every experiment composes and what the
 abrupt-drop statistic reports.
 """
