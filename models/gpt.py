@@ -104,15 +104,8 @@ class Attention(nn.Module):
         # its square root (Yang et al. 2022, Tensor Programs V, Sec. 4).
         self.scale = 1 / cfg.d_head if cfg.parametrization == "mup" else 1 / math.sqrt(cfg.d_head)
 
-    def forward(
-        self,
-        x: Tensor,
-        start: int,
-        cache: dict | None,
-        name: str,
-        past: KVCache | None = None,
-        layer: int = 0,
-    ) -> Tensor:
+    def forward(self, x: Tensor, start: int, cache: dict | None, name: str,
+                past: KVCache | None = None, layer: int = 0) -> Tensor:
         """x [B, T, d_model] -> [B, T - start, d_model]: queries at positions >= start only,
         keys and values at every position. With `cache`, stores the pattern under `name`; with
         `past`, x continues the `past.len` positions stored there (this is layer `layer`)."""
@@ -169,15 +162,8 @@ class Block(nn.Module):
         self.mlp = None if cfg.attn_only else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        start: int,
-        cache: dict | None,
-        name: str,
-        past: KVCache | None = None,
-        layer: int = 0,
-    ) -> Tensor:
+    def forward(self, x: Tensor, start: int, cache: dict | None, name: str,
+                past: KVCache | None = None, layer: int = 0) -> Tensor:
         """x [B, T, d_model] -> [B, T - start, d_model]; records into `cache` if given, reads and
         extends `past` if given."""
         if cache is not None:
