@@ -11,54 +11,23 @@ abrupt-drop statistic reports.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from experiment_runs import analyse, by_coordinate, evals, train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import tasks
 from analysis.emergence import grokking_steps, phase_change_step, plateau_drop
-from analysis.runs import Run, find_runs
+from analysis.runs import find_runs
 from train.config import Config, register
 from train.loop import model_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-
-
-def _python(*args: str) -> None:
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stderr[-3000:]}"
-
-
-def train(out: Path, experiment: str, *overrides: str, sweep: bool = False) -> list[Run]:
-    """Run `experiment` through `python -m train` into `out`; its runs, in sweep order."""
-    place = "hydra.sweep.dir" if sweep else "hydra.run.dir"
-    _python("-m", "train", f"experiment={experiment}", "wandb.mode=disabled", "threads=1",
-            f"{place}={out}", *overrides)
-    return find_runs(out)
-
-
-def analyse(out: Path, *options: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`python -m analysis out`: (scores.csv, summary.csv)."""
-    _python("-m", "analysis", str(out), *options)
-    return (pd.read_csv(out / "analysis" / "scores.csv", dtype={"run": str}),
-            pd.read_csv(out / "analysis" / "summary.csv"))
-
-
-def evals(run: Run) -> pd.DataFrame:
-    """The metrics.jsonl rows that hold an evaluation."""
-    metrics = run.metrics()
-    return metrics[metrics["eval/loss"].notna()].reset_index(drop=True)
-
-
-def by_coordinate(runs: list[Run], name: str) -> dict:
-    return {run.coords[name]: run for run in runs}
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +66,8 @@ def test_plateau_drop_tells_a_plateau_then_a_drop_from_a_steady_fall():
 
 
 @pytest.mark.slow
-def test_grokking_generalizes_long_after_memorizing_and_not_without_weight_decay(tmp_path):
-    runs = train(tmp_path, "grokking_sweep_small", "optim.weight_decay=1.0,0.0",
-                 "task.train_fraction=0.4", "train.steps=2000", "checkpoint.every=null",
-                 sweep=True)
+def test_grokking_generalizes_long_after_memorizing_and_not_without_weight_decay(grokking_runs):
+    runs = grokking_runs
     decayed, undecayed = (evals(by_coordinate(runs, "weight_decay")[wd]) for wd in (1.0, 0.0))
 
     grok = grokking_steps(decayed["step"], decayed["train_eval/exact_match"],
@@ -114,10 +81,9 @@ def test_grokking_generalizes_long_after_memorizing_and_not_without_weight_decay
 
 
 @pytest.mark.slow
-def test_induction_heads_form_in_two_layers_at_the_phase_change_and_not_in_one(tmp_path):
-    runs = train(tmp_path, "induction_heads_small", "model.n_layers=1,2", "train.steps=1500",
-                 sweep=True)
-    scores, summary = analyse(tmp_path)
+def test_induction_heads_form_in_two_layers_at_the_phase_change_and_not_in_one(induction_dir):
+    runs = find_runs(induction_dir)
+    scores, summary = analyse(induction_dir)
     curves = {layers: scores[scores["run"] == run.name].pivot_table(
         index="step", columns="metric", values="value")
         for layers, run in by_coordinate(runs, "n_layers").items()}
@@ -141,9 +107,9 @@ def test_induction_heads_form_in_two_layers_at_the_phase_change_and_not_in_one(t
 
 
 @pytest.mark.slow
-def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(tmp_path):
-    runs = train(tmp_path, "addition_emergence_small", "seed=0,1", sweep=True)
-    _, summary = analyse(tmp_path, "--last")
+def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(addition_dir):
+    runs = find_runs(addition_dir)
+    _, summary = analyse(addition_dir, "--last")
     breakthrough = summary[(summary["axis"] == "params")
                            & (summary["statistic"] == "breakthroughness")].set_index("metric")
     exact = breakthrough.loc["eval/exact_match", "value"]
