@@ -210,8 +210,9 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
         for step in todo:
             try:
                 model, meta = run.load_checkpoint(step, device)
-            except BAD_ITEM as e:
-                log.warning("skipping checkpoint %s: %s", run.checkpoint_path(step), e)
+            except Exception as e:  # any cause, e.g. a config too large to allocate
+                log.warning("skipping checkpoint %s: %s: %s", run.checkpoint_path(step),
+                            type(e).__name__, e)
                 continue
             scored.append(_rows(run, step, model, meta, score_checkpoint(model, task)))
         if scored:

@@ -9,7 +9,7 @@ All p^2 pairs (a, b) (b != 0 for div) are shuffled with the seed; the first
 floor(train_fraction x pairs) train and the rest are held out: p = 113, add, 0.3 gives Nanda's
 3,830 training pairs; p = 97, div, 0.5 is Power's setting. train_batch(None) is the whole training
 set (full-batch training); an int samples a minibatch of training pairs with replacement.
-eval_set is every held-out pair (empty when train_fraction is 1.0: nothing is held out).
+eval_set is every held-out pair: a train_fraction that leaves none is refused.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ class ModularConfig:
         require(2 <= self.p <= 4096, "p", self.p, "must be in [2, 4096]")
         require(self.op != "div" or is_prime(self.p), "p", self.p,
                 "must be prime for op=div (b must have an inverse mod p)")
-        require(0 < self.train_fraction <= 1, "train_fraction", self.train_fraction,
-                "must be in (0, 1]")
-        require(self.train_pairs() >= 1, "train_fraction", self.train_fraction,
-                f"leaves no training pair out of {self.pairs()}")
+        require(0 < self.train_fraction < 1, "train_fraction", self.train_fraction,
+                "must be in (0, 1)")
+        require(1 <= self.train_pairs() < self.pairs(), "train_fraction", self.train_fraction,
+                f"must leave at least one training and one held-out pair of {self.pairs()}")
         require(self.eval_size is None or 1 <= self.eval_size <= self.pairs() - self.train_pairs(),
                 "eval_size", self.eval_size,
                 f"must be null or in [1, {self.pairs() - self.train_pairs()}] (the held-out pairs)")

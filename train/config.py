@@ -10,12 +10,14 @@ relate values (a positive batch size, a known schedule) are checked in `__post_i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from omegaconf import MISSING
 
-from models import GPTConfig
+from models import GPT, GPTConfig
 
 SCHEDULES = ("cosine", "constant", "linear")
 KEEP_STATE = ("last", "all")
@@ -26,6 +28,10 @@ DTYPES = ("auto", "float32", "bfloat16")
 def _check(ok: bool, key: str, value: object, rule: str) -> None:
     if not ok:
         raise ValueError(f"{key}={value!r}: {rule}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -53,17 +59,18 @@ class TrainConfig:
             _check(getattr(self, key) is None or len(getattr(self, key)) == self.ensemble,
                    f"train.{key}", getattr(self, key),
                    f"must be null or one value per member (train.ensemble={self.ensemble})")
-        _check(self.ensemble_lr is None or min(self.ensemble_lr) > 0, "train.ensemble_lr",
-               self.ensemble_lr, "every value must be > 0")
-        _check(self.ensemble_weight_decay is None or min(self.ensemble_weight_decay) >= 0,
+        _check(self.ensemble_lr is None or all(_finite(v) and v > 0 for v in self.ensemble_lr),
+               "train.ensemble_lr", self.ensemble_lr, "every value must be finite and > 0")
+        _check(self.ensemble_weight_decay is None
+               or all(_finite(v) and v >= 0 for v in self.ensemble_weight_decay),
                "train.ensemble_weight_decay", self.ensemble_weight_decay,
-               "every value must be >= 0")
+               "every value must be finite and >= 0")
         for key in ("eval_every", "log_every"):
             _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
         _check(self.batch_size is None or self.batch_size > 0, "train.batch_size",
                self.batch_size, "must be > 0, or null for full-batch training")
-        _check(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", self.grad_clip,
-               "must be > 0, or null for no clipping")
+        _check(self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0),
+               "train.grad_clip", self.grad_clip, "must be finite and > 0, or null for no clipping")
 
 
 @dataclass
@@ -80,10 +87,13 @@ class OptimConfig:
     decay_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(_finite(self.lr) and self.lr > 0, "optim.lr", self.lr, "must be finite and > 0")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay",
+               self.weight_decay, "must be finite and >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
                self.betas, "must be two numbers in [0, 1)")
+        _check(_finite(self.eps) and self.eps > 0, "optim.eps", self.eps,
+               "must be finite and > 0")
         _check_choice("optim.schedule", self.schedule, SCHEDULES)
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio,
@@ -141,6 +151,19 @@ class Config:
         _check_choice("dtype", self.dtype, DTYPES)
         _check(self.threads is None or self.threads > 0, "threads", self.threads,
                "must be > 0, or null")
+
+
+def check_buildable(cfg: Config, model: GPTConfig) -> None:
+    """Build the model (`model`: cfg.model with the task's sizes filled in) and its optimizer on
+    the meta device, which allocates nothing, so that a config that cannot train fails here,
+    before anything in the run directory is touched."""
+    with torch.device("meta"):
+        gpt = GPT(model)
+    groups = gpt.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_embeddings)
+    try:  # (members' own lr and weight decay are checked in TrainConfig)
+        torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    except ValueError as e:
+        raise ValueError(f"optim: {e}") from None
 
 
 def register() -> None:

@@ -302,7 +302,8 @@ def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: to
             m.logger = RunLogger(m.run_dir.path, m.cfg.wandb, run_id=m.run_dir.info["wandb_id"],
                                  config=m.run_dir.info["config"], group=group,
                                  total_steps=total,
-                                 start={"step": step, "tokens": tokens, "elapsed_s": elapsed})
+                                 start={"step": step, "tokens": tokens, "elapsed_s": elapsed},
+                                 overrides=m.run_dir.info["overrides"])
     t0 = time.perf_counter() - elapsed
 
     def save(i: int, m: Member) -> None:

@@ -3,8 +3,15 @@
 `RunLogger.log(record)` takes one flat dict per log/eval event (`step`, `tokens`, `flops`,
 `elapsed_s`, `train/...`, `eval/...`) and writes it everywhere. The console gets a tqdm bar when
 stderr is a terminal, else one plain line per record (readable in SLURM logs). wandb never
-prompts and never stops training: without credentials `online` falls back to `offline`, and any
-wandb error is reported in one warning line, after which the run goes on without it.
+prompts and never stops training: without credentials, or when the server does not answer
+within WANDB_INIT_TIMEOUT_S, `online` falls back to `offline`; any other wandb error is reported
+in one warning line, after which the run goes on without it.
+
+Every record goes to wandb at its own `step`, and a resumed run does not send again the steps an
+earlier attempt already logged (`start["logged_step"]`), so the run's history, online or in the
+offline fragments that `wandb sync` uploads in order, holds each step once. The run summary holds
+the status, parameter counts, FLOPs and the sweep coordinates; a preempted run is marked
+preempting and finished with a nonzero exit code, which wandb shows as preempted, not finished.
 """
 
 from __future__ import annotations
@@ -20,7 +27,13 @@ from train.config import WandbConfig
 
 log = logging.getLogger(__name__)
 
-WANDB_INIT_TIMEOUT_S = 60  # online mode on a node without network gives up after this
+WANDB_INIT_TIMEOUT_S = 8  # online mode on a node without network logs offline after this
+# Set once an online start timed out, so that the other runs of this process (an ensemble's
+# members) start offline at once.
+_server = {"unreachable": False}
+# summary.json fields copied to the wandb run summary (to plot across a ladder).
+SUMMARY_KEYS = ("status", "steps", "tokens", "params", "params_non_embedding", "flops_per_token",
+                "flops")
 
 
 def truncate_metrics(path: Path, last_step: int | None) -> dict:
@@ -33,6 +46,21 @@ def truncate_metrics(path: Path, last_step: int | None) -> dict:
     ]
     path.write_text("".join(line + "\n" for line in keep))
     return json.loads(keep[-1]) if keep else {}
+
+
+def sweep_coordinates(config: dict, overrides: list[str]) -> dict:
+    """`sweep/<key>`: the value of each command-line override (`model.d_model=64`) as the
+    resolved config holds it (a config-group choice such as `task=modular` as typed)."""
+    coords = {}
+    for override in overrides:
+        key, _, raw = override.lstrip("+~").partition("=")
+        if key.startswith("hydra"):
+            continue
+        value = config
+        for part in key.split("."):
+            value = value.get(part, raw) if isinstance(value, dict) else raw
+        coords[f"sweep/{key}"] = raw if isinstance(value, dict) else value
+    return coords
 
 
 def key_metric(record: dict) -> tuple[str, float] | None:
@@ -55,10 +83,14 @@ def format_line(record: dict, total_steps: int, tokens_per_s: float) -> str:
 
 class RunLogger:
     def __init__(self, run_dir: Path, cfg: WandbConfig, *, run_id: str, config: dict,
-                 group: str | None, total_steps: int, start: dict):
+                 group: str | None, total_steps: int, start: dict,
+                 overrides: list[str] | None = None):
         """`start`: the record of the step the run starts or resumes from (step, tokens,
-        elapsed_s), for the progress bar and the tokens/s figure."""
+        elapsed_s), for the progress bar and the tokens/s figure, and optionally `logged_step`,
+        the newest step an earlier attempt logged. `overrides`: the command line's, whose values
+        (as resolved in `config`) go to the wandb summary as the run's sweep coordinates."""
         self.total_steps, self.start = total_steps, start
+        self.logged_step = start.get("logged_step", -1)
         self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.bar, self.postfix = None, {}
         if sys.stderr.isatty():
@@ -67,6 +99,7 @@ class RunLogger:
         self.wandb = None
         if cfg.mode != "disabled":
             self._guard(self._start_wandb, run_dir, cfg, run_id, config, group)
+            self._guard(self._set_summary, sweep_coordinates(config, overrides or []))
 
     def _guard(self, fn, *args, **kwargs) -> None:
         """Run a wandb call; on any error, warn once and carry on without wandb."""
@@ -80,27 +113,45 @@ class RunLogger:
                      group: str | None) -> None:
         import wandb
 
-        mode = cfg.mode
+        def init(mode: str):
+            return wandb.init(
+                project=cfg.project, entity=cfg.entity, group=cfg.group or group, tags=cfg.tags,
+                name=cfg.name, config=config, dir=str(run_dir), id=run_id, resume="allow",
+                mode=mode,
+                # create_new: an ensemble keeps one wandb run open per member (wandb>=0.19.10).
+                settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S,
+                                        reinit="create_new"),
+            )
+
+        mode = "offline" if cfg.mode == "online" and _server["unreachable"] else cfg.mode
         if mode == "online" and not wandb.login(prompt=False, verify=False):
             log.warning("wandb.mode=online but no W&B credentials (run `wandb login` or set "
                         "WANDB_API_KEY): logging offline; `wandb sync` uploads it later")
             mode = "offline"
-        self.wandb = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group or group, tags=cfg.tags,
-            name=cfg.name, config=config, dir=str(run_dir), id=run_id, resume="allow", mode=mode,
-            # create_new: an ensemble (train/ensemble.py) keeps one wandb run open per member.
-            settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S,
-                                    reinit="create_new"),
-        )
+        try:
+            self.wandb = init(mode)
+        except Exception as e:
+            if mode != "online":
+                raise
+            log.warning("wandb.mode=online: no answer from W&B within %d s (%s: %s): logging "
+                        "offline; `wandb sync` uploads it later", WANDB_INIT_TIMEOUT_S,
+                        type(e).__name__, e)
+            _server["unreachable"] = True
+            wandb.teardown()  # the failed attempt still holds the run id
+            self.wandb = init("offline")
         for axis in ("step", "tokens", "flops"):  # x-axes to plot any metric against
             self.wandb.define_metric(axis)
         self.wandb.define_metric("*", step_metric="step")
 
+    def _set_summary(self, values: dict) -> None:
+        if self.wandb is not None:
+            self.wandb.summary.update(values)
+
     def log(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
-        if self.wandb is not None:
-            self._guard(self.wandb.log, record)
+        if self.wandb is not None and record["step"] > self.logged_step:
+            self._guard(self.wandb.log, record, step=record["step"])
         elapsed = record["elapsed_s"] - self.start["elapsed_s"]
         tokens_per_s = (record["tokens"] - self.start["tokens"]) / max(elapsed, 1e-9)
         if self.bar is None:
@@ -121,5 +172,7 @@ class RunLogger:
             self.bar.close()
         if self.wandb is not None:
             run = self.wandb
-            self._guard(run.summary.update, {"status": summary["status"]})
-            self._guard(run.finish, exit_code=0 if ok else 1)
+            self._guard(self._set_summary, {k: summary[k] for k in SUMMARY_KEYS if k in summary})
+            if summary["status"] == "preempted":  # shown as preempted (a nonzero exit code)
+                self._guard(run.mark_preempting)
+            self._guard(run.finish, exit_code=0 if ok and summary["status"] == "completed" else 1)

@@ -28,7 +28,7 @@ from analysis.evaluate import evaluate
 from analysis.metrics import compute
 from models import GPT, GPTConfig, load_model
 from train import checkpoint
-from train.config import Config, OptimConfig
+from train.config import Config, OptimConfig, check_buildable
 from train.log import RunLogger
 from train.run_dir import RunDir
 
@@ -153,6 +153,7 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
     device = resolve_device(cfg.device)
     task = tasks.build(cfg.task, device)
     model_cfg = model_config_for(cfg.model, task)
+    check_buildable(cfg, model_cfg)  # a config that cannot train fails before run_dir is touched
     if cfg.train.batch_size is None and task.train_set() is None:
         raise ValueError("train.batch_size=null (full batch) needs a task with a finite training "
                          "set; set train.batch_size, or task.train_size where the task has one")
@@ -196,7 +197,8 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
     flops_per_token = model.flops_per_token()
     logger = RunLogger(run_dir.path, cfg.wandb, run_id=run_dir.info["wandb_id"],
                        config=run_dir.info["config"], group=group, total_steps=total,
-                       start={"step": step, "tokens": tokens, "elapsed_s": elapsed})
+                       start={"step": step, "tokens": tokens, "elapsed_s": elapsed},
+                       overrides=run_dir.info["overrides"])
     t0 = time.perf_counter() - elapsed
 
     def save(step: int, with_state: bool) -> None:

@@ -1,0 +1,176 @@
+"""Faults and bad input: nothing completed is lost and no record misleads. Bad configs are refused
+before the run directory is touched; an unloadable checkpoint is skipped by analysis.
+
+Runs are the tiny ones of test_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_train import RESUMABLE, ROOT, TINY, config, read, train, wait_for
+
+from analysis.runs import score
+from train.loop import run
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file below `root` and its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# --- bad configs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("finished")
+    train(path)
+    return path
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.n_heads=5"], "model.n_heads=5 must divide model.d_model=16"),
+    (["model.dropout=1.5"], "model.dropout=1.5"),
+    (["optim.eps=-1"], "optim.eps=-1"),
+    (["optim.lr=inf"], "optim.lr=inf"),
+    (["optim.weight_decay=nan"], "optim.weight_decay=nan"),
+    (["train.ensemble=2", "train.ensemble_lr=[1e-3,inf]"], "train.ensemble_lr"),
+    (["task=modular", "task.p=11", "task.train_fraction=1"], "task.train_fraction=1"),
+    (["task=modular", "task.p=11", "task.train_fraction=0.995"], "held-out"),
+])
+def test_a_bad_config_with_overwrite_is_refused_before_anything_is_deleted(
+        finished_run, overrides, message):
+    before = snapshot(finished_run)
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        train(finished_run, "train.overwrite=true", *overrides)
+    assert snapshot(finished_run) == before
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+def test_analysis_skips_unloadable_checkpoints_with_a_warning(finished_run, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra/config.yaml").write_text(OmegaConf.to_yaml(read(run / "run.json")["config"]))
+    # A config asking for a model far too large to allocate, and a file that is not safetensors.
+    good = run / "checkpoints/step_0000004/model.safetensors"
+    huge = run / "checkpoints/step_0000002/model.safetensors"
+    with safe_open(str(good), framework="pt") as f:
+        header = f.metadata()
+    config = json.loads(header["config"])
+    header["config"] = json.dumps({**config, "d_model": 2**20, "d_mlp": 2**22})
+    save_file(load_file(good), huge, metadata=header)
+    (run / "checkpoints/step_0000001/model.safetensors").write_bytes(b"not a checkpoint")
+
+    with caplog.at_level(logging.WARNING, logger="analysis.runs"):
+        table = score(run, out=tmp_path / "analysis")
+    assert sorted(set(table["step"])) == [0, 4, 12]
+    skipped = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert len(skipped) == 2
+    assert any("step_0000002" in m and "allocate" in m for m in skipped)
+    assert any("step_0000001" in m for m in skipped)
+
+
+# --- wandb ------------------------------------------------------------------------------------
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline run's `.wandb` file (LevelDB log format: 32 KiB
+    blocks of chunks, each with a 7-byte header: checksum, length, type)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, records, pending, pos = path.read_bytes(), [], b"", 7  # after the file header
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk  # full/first, middle/last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def wandb_fragments(run: Path) -> list[list]:
+    """The records of each offline run below `run`, oldest first."""
+    return [wandb_records(next(d.glob("*.wandb"))) for d in sorted(run.glob("wandb/offline-run-*"))]
+
+
+def history_steps(records: list) -> list[int]:
+    return [r.history.step.num for r in records if r.HasField("history")]
+
+
+@pytest.fixture
+def wandb_home(tmp_path, monkeypatch):
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def summary_of(records: list) -> dict:
+    summary = {}
+    for r in records:
+        if r.HasField("summary"):
+            summary |= {item.key: json.loads(item.value_json) for item in r.summary.update}
+    return summary
+
+
+def test_the_wandb_summary_holds_sizes_compute_and_sweep_coordinates(tmp_path, wandb_home):
+    run_config = config("wandb.mode=offline", "optim.lr=0.003")
+    run(run_config, tmp_path, overrides=["optim.lr=0.003", "task=addition"])
+    (records,) = wandb_fragments(tmp_path)
+    summary, expected = summary_of(records), read(tmp_path / "summary.json")
+    for key in ("status", "params", "params_non_embedding", "flops_per_token", "flops",
+                "tokens", "steps"):
+        assert summary[key] == expected[key], key
+    assert summary["sweep/optim.lr"] == 0.003 and summary["sweep/task"] == "addition"
+    (exit_record,) = [r.exit for r in records if r.HasField("exit")]
+    assert exit_record.exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_preempted_run_is_marked_preempted_in_wandb(tmp_path, wandb_home):
+    args = [*TINY, *RESUMABLE, "wandb.mode=offline", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "checkpoints/step_0000002")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert read(tmp_path / "summary.json")["status"] == "preempted"
+    (records,) = wandb_fragments(tmp_path)
+    assert any(r.HasField("preempting") for r in records)
+    (exit_record,) = [r.exit for r in records if r.HasField("exit")]
+    assert exit_record.exit_code != 0  # wandb: preempting + nonzero exit = preempted
+    assert summary_of(records)["status"] == "preempted"
+
+
+@pytest.mark.slow
+def test_online_without_an_answering_server_falls_back_to_offline_within_seconds(
+        tmp_path, wandb_home, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials that no server will check
+    started = time.monotonic()
+    train(tmp_path, "wandb.mode=online")
+    assert time.monotonic() - started < 40  # wandb's own wait is 90 s
+    (records,) = wandb_fragments(tmp_path)
+    assert history_steps(records) == [0, 3, 6, 9, 12]
