@@ -1,12 +1,13 @@
 """Command line: score every run below a directory and write the analysis report.
 
     python -m analysis multirun/2024-01-01/12-00-00 [--steps 100,200] [--last] [--device cpu]
-        [--wandb online|offline|disabled] [--out DIR]
+        [--wandb online|offline|disabled] [--out DIR] [--transfer] [--forecast [--holdout K]]
 
 Writes `<out>/scores.csv` (incremental: checkpoints already scored are not scored again),
 `<out>/summary.csv`, `<out>/figures/*.png` and `<out>/report.md`; `<out>` defaults to
-`<dir>/analysis`. A bad run or checkpoint is reported as a warning and skipped; a directory
-without any run exits with status 2.
+`<dir>/analysis`. `--transfer` instead reads the runs' final losses only and writes the
+learning-rate transfer view (analysis/transfer.py). A bad run or checkpoint is reported as a
+warning and skipped; a directory without any run exits with status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from analysis import emergence, plots
+from analysis import emergence, plots, transfer
 from analysis.report import log_to_wandb, write_report
 from analysis.runs import find_runs, score
 
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"),
                         help="also log tables and figures to wandb (default disabled)")
     parser.add_argument("--out", type=Path, help="output directory (default <dir>/analysis)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="learning-rate transfer across width from the runs' final losses")
     return parser.parse_args(argv)
 
 
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         log.error("no runs under %s: no directory with .hydra/config.yaml", args.dir)
         return 2
+    if args.transfer:
+        print(f"transfer: {transfer.write(runs, out)}")
+        return 0
     log.info("scoring %d runs under %s", len(runs), args.dir)
     df = score(args.dir, steps=args.steps, last=args.last, device=args.device, out=out,
                runs=runs)

@@ -6,7 +6,8 @@ Pure numpy/pandas: curves in, numbers or tables out.
   change per decade of x).
 - How sudden, scale-free: BIG-bench's `linearity` and `breakthroughness` (Srivastava et al.
   2022); `emergence_score` (Schaeffer et al. 2023) is the same formula as breakthroughness.
-- Phenomenon-specific: `grokking_steps` (Power et al. 2022), `phase_change_step` of the
+- Phenomenon-specific: `grokking_steps` (Power et al. 2022), the lead of the restricted loss
+  over test accuracy (Nanda et al. 2023, analysis.progress.lead), `phase_change_step` of the
   induction loss and whether it coincides with the prefix-matching rise (Olsson et al. 2022),
   `plateau_drop` of a loss that plateaus and then drops abruptly (Barak et al. 2022).
 - Seeds: `bootstrap_ci`. `summarize` turns a scores table into a table of all of these.
@@ -20,11 +21,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis import progress
+
 # Columns of the scores table that are not run coordinates (see analysis.runs.score).
 TABLE_COLUMNS = ("run", "params", "non_embedding_params", "step", "tokens", "flops", "metric",
                  "value")
 # Coordinates that set a model's size: they vary along the params and FLOPs axes.
 SIZE_COORDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "model")
+# Nanda et al.'s progress measures: restricted loss halves well before test accuracy moves.
+PROGRESS_EVENTS = ("restricted_halved_step", "lead_steps", "lead_evaluations", "excluded_ratio")
 # Per-head scores feed heatmaps, not curve statistics.
 PER_HEAD_PREFIX = "prefix_matching/"
 
@@ -206,6 +211,11 @@ def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], flo
         grok = grokking_steps(x, wide["train_eval/exact_match"], wide["eval/exact_match"])
         for name, value in grok.items():
             stats[("eval/exact_match", name if name != "ratio" else "grokking_ratio")] = value
+    if {"restricted_loss", "excluded_loss", "train_eval/exact_match",
+            "eval/exact_match"} <= set(wide.columns):
+        for name, value in progress.lead(wide).items():
+            if name in PROGRESS_EVENTS:
+                stats[("restricted_loss", name)] = value
     if "induction_loss" in wide.columns:
         stats[("induction_loss", "phase_change_step")] = phase_change_step(
             x, wide["induction_loss"])

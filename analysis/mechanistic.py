@@ -14,7 +14,7 @@ import torch
 from einops import rearrange, reduce
 from torch import Tensor
 
-from analysis import metrics
+from analysis import metrics, progress
 from analysis.evaluate import Outputs, evaluate
 from tasks.modular import Modular
 
@@ -169,5 +169,7 @@ def score_checkpoint(model, task) -> dict[str, float]:
         scores["train_test_gap"] = gap
         if task.cfg.op == "add":  # the Fourier circuit is the known algorithm for addition
             scores["fourier_top_fraction"] = fourier_embedding(model, task.cfg.p)["top_fraction"]
+    if progress.applies(task):
+        scores |= progress.progress_measures(model, task)
     return scores
 

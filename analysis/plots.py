@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from analysis import emergence, mechanistic
+from analysis import emergence, mechanistic, progress
 from analysis.runs import BAD_ITEM, Run
 
 HEAD = re.compile(r"prefix_matching/L(\d+)H(\d+)")
@@ -136,12 +136,18 @@ def mirage(df: pd.DataFrame, prefix: str = "eval/") -> Figure:
 
 
 def grokking_curves(table: pd.DataFrame, title: str = "") -> Figure:
-    """Train and test accuracy against step, sum of squared weights on a twin axis. `table` has
-    one row per step (index or `step` column) and any of the columns train_eval/exact_match,
-    eval/exact_match, weight_norm (e.g. metrics.jsonl joined with scores)."""
+    """Train and test accuracy against step, sum of squared weights on a twin axis; where the
+    table has restricted_loss, a second panel of the progress measures (analysis.progress).
+    `table` has one row per step (index or `step` column) and any of the columns
+    train_eval/exact_match, eval/exact_match, weight_norm, train_eval/loss, restricted_loss,
+    excluded_loss (e.g. metrics.jsonl joined with scores)."""
     table = table.set_index("step") if "step" in table.columns else table
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.subplots()
+    measures = "restricted_loss" in table  # Nanda et al.'s progress measures, a second panel
+    fig = Figure(figsize=(6.4 * (1 + measures), 4.4), layout="constrained")
+    ax, *more = fig.subplots(1, 1 + measures, squeeze=False)[0]
+    if measures:
+        progress.draw(more[0], table)
+        _set_log_x(more[0], table.index)
     for column, label in (("train_eval/exact_match", "train"), ("eval/exact_match", "test")):
         if column in table:
             curve = table[column].dropna()

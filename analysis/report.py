@@ -23,7 +23,8 @@ KEY_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
 STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
 SUMMARY_COLUMNS = ("axis", "metric", "statistic", "value", "seed_mean", "ci_low", "ci_high",
                    "n_seeds")
-EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "phase_change_step",
+EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "restricted_halved_step",
+          "lead_steps", "lead_evaluations", "excluded_ratio", "phase_change_step",
           "coincides_with_prefix_matching", "drop_start", "drop_end", "abruptness")
 
 
@@ -116,6 +117,13 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
                   "fall, so read the per-seed values (`seed_mean`, `ci_low`, `ci_high`) in "
                   "`summary.csv` too.",
                   markdown_table(events)]
+        if "restricted_loss" in set(events["metric"]):
+            parts.insert(-1, "Progress measures (Nanda et al. 2023): `restricted_halved_step` is "
+                         "the first checkpoint after memorization where restricted loss is "
+                         "below half its memorization-time value, `lead_steps` and "
+                         "`lead_evaluations` how long before test accuracy reaches 0.95, and "
+                         "`excluded_ratio` excluded loss there over its memorization-time "
+                         "value (above 1: memorization alone explains less).")
     if figures:
         parts.append("## Figures")
         parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]

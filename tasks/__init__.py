@@ -18,6 +18,7 @@ from tasks.induction import (
     Induction,
     InductionConfig,
 )
+from tasks.markov import Markov, MarkovConfig
 from tasks.modular import Modular, ModularConfig
 from tasks.parity import Parity, ParityConfig
 
@@ -25,6 +26,7 @@ TASKS: dict[str, tuple[type, type[Task]]] = {
     "arithmetic": (ArithmeticConfig, Arithmetic),
     "induction": (InductionConfig, Induction),
     "associative_recall": (AssociativeRecallConfig, AssociativeRecall),
+    "markov": (MarkovConfig, Markov),
     "modular": (ModularConfig, Modular),
     "parity": (ParityConfig, Parity),
 }

@@ -2,6 +2,7 @@
 answers, held-out problems never reach training, batches are reproducible and land on the
 generator's device, formats round-trip, and bad configs fail naming the field."""
 
+import math
 import re
 from pathlib import Path
 
@@ -29,6 +30,8 @@ SMALL = {
                            "n_values": 8, "eval_size": 100},
     "parity": {"kind": "parity", "n_bits": 12, "n_tasks": 4, "test_fraction": 0.05,
                "eval_size": 200},
+    "markov": {"kind": "markov", "d_vocab_tokens": 8, "order": 2, "seq_len": 16,
+               "eval_size": 100},
 }
 
 
@@ -309,6 +312,21 @@ def test_parity_tasks_have_distinct_subsets_and_zipfian_frequencies():
     assert not torch.equal(other_seed.relevant, task.relevant)
 
 
+@pytest.mark.parametrize("order", [1, 2])
+def test_markov_sequences_follow_the_chains_transition_table(order):
+    task = tasks.build({"kind": "markov", "d_vocab_tokens": 4, "order": order, "seq_len": 64})
+    seq = full(task.train_batch(2000, generator()))
+    windows = seq.unfold(1, order + 1, 1).reshape(-1, order + 1)  # [n, context + next]
+    context = (windows[:, :order] * 4 ** torch.arange(order - 1, -1, -1)).sum(1)
+    counts = torch.zeros(4**order, 4).index_put_((context, windows[:, order]),
+                                                 torch.ones(len(windows)), accumulate=True)
+    empirical = counts / counts.sum(1, keepdim=True)
+    assert (empirical - task.probs).abs().max() < 0.03
+    batch = task.eval_set()  # every target from the first predictable one on counts
+    assert batch.mask[:, order - 1 :].all() and not batch.mask[:, : order - 1].any()
+    assert 0 < task.entropy() < math.log(4)
+
+
 # ---------------------------------------------------------------- every task
 
 
@@ -423,6 +441,8 @@ BAD = [
     ({"kind": "modular", "train_fraction": 1.5}, "task.train_fraction"),
     ({"kind": "modular", "op": "pow"}, "task.op"),
     ({"kind": "modular", "eval_size": 10**6}, "task.eval_size"),
+    ({"kind": "markov", "order": 0}, "task.order"),
+    ({"kind": "markov", "seq_len": 1, "order": 1}, "task.seq_len"),
     ({"kind": "sorting"}, "task.kind"),
 ]
 

@@ -1,0 +1,274 @@
+"""Forecast exact match of larger models (or later checkpoints) from smaller ones.
+
+Exact match is all-or-nothing and looks emergent; the log-probability of the right answer moves
+smoothly (Schaeffer et al. 2023). So: fit a law to the smooth quantity on the lower rungs of a
+ladder only, extrapolate it to the held-out top rungs, turn it into a predicted exact match and
+compare with what those rungs measured (Hu et al. 2023 do this with PassUntil). Three forms:
+
+- `p^L`: the per-token answer loss -log p = (answer_logprob / L) follows a power law in the size
+  x, log(-log p) = a + b log x; predicted exact match p^L, L the mean number of counted answer
+  tokens;
+- `p^L per position`: the same law fitted at each answer position (where the table has
+  `answer_logprob/pos<i>` metrics), predicted exact match the product over positions;
+- `Hu`: log(-log P) linear in log x for P, the mean exact-answer probability (`answer_prob`),
+  predicted exact match P (Hu et al. 2023's fit on the pass probability).
+
+`forecast` does it along parameters or training FLOPs (rungs = distinct sizes, points = runs,
+intervals by resampling the seeds of each rung) and `forecast_steps` along training steps (fit
+on the early checkpoints of each run, forecast the later ones). Both are pure: a scores table
+(analysis.runs.score's tidy rows) in, a table out. `figure` draws fit, extrapolation and
+held-out points; `report_section` the markdown. Where the forecast fails it says by how much:
+the laws see the average token, not which sub-skill (answer position) is still missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+PREFIX = "eval/"
+POSITION = "answer_logprob/pos"
+METHODS = ("p^L", "p^L per position", "Hu")
+THRESHOLD = 0.5  # the exact match whose crossing is the transition point
+
+
+@dataclass(frozen=True)
+class Law:
+    """-log p(x) = exp(a) * x**b: log(-log p) linear in log x (b < 0 when p improves with x)."""
+
+    a: float
+    b: float
+
+    def neg_logp(self, x) -> np.ndarray:
+        return np.exp(self.a + self.b * np.log(np.asarray(x, dtype=float)))
+
+    def solve(self, neg_logp: float) -> float:
+        """The x where -log p reaches `neg_logp` (NaN for a flat law)."""
+        return math.exp((math.log(neg_logp) - self.a) / self.b) if self.b else math.nan
+
+
+def fit_law(x, neg_logp) -> Law:
+    """Least squares of log(-log p) on log x. Points with -log p <= 0 or non-finite are left
+    out (a perfect p = 1 has no logarithm); raises ValueError with fewer than 2 distinct x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(neg_logp, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if len(np.unique(x[keep])) < 2:
+        raise ValueError(f"a law needs points at >= 2 sizes, got {len(np.unique(x[keep]))}")
+    b, a = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
+    return Law(float(a), float(b))
+
+
+def wide(df: pd.DataFrame, prefix: str = PREFIX) -> pd.DataFrame:
+    """One row per run x step with the `prefix` metrics as columns (prefix removed)."""
+    rows = df[df["metric"].str.startswith(prefix)]
+    keys = [c for c in ("run", "seed", "params", "non_embedding_params", "step", "flops")
+            if c in df.columns]
+    table = rows.groupby([*keys, "metric"], dropna=False)["value"].first().unstack("metric")
+    table.columns = [c[len(prefix):] for c in table.columns]
+    return table.reset_index()
+
+
+def _positions(table: pd.DataFrame) -> list[str]:
+    return sorted((c for c in table.columns if c.startswith(POSITION)),
+                  key=lambda c: int(c[len(POSITION):]))
+
+
+def _predictors(table: pd.DataFrame, answer_len: float) -> dict[str, tuple[list, callable]]:
+    """{method: (per-point -log p columns as arrays, how predicted -log p values become exact
+    match)} for the methods the table supports."""
+    methods = {"p^L": ([-table["answer_logprob"].to_numpy() / answer_len],
+                       lambda ys: np.exp(-answer_len * ys[0]))}
+    if positions := _positions(table):
+        methods["p^L per position"] = ([-table[c].to_numpy() for c in positions],
+                                       lambda ys: np.exp(-np.sum(ys, axis=0)))
+    if "answer_prob" in table.columns:
+        methods["Hu"] = ([-np.log(table["answer_prob"].to_numpy())],
+                         lambda ys: np.exp(-ys[0]))
+    return methods
+
+
+def _fit_predict(x_fit, ys_fit, x_new, to_em) -> tuple[np.ndarray, list[Law]]:
+    laws = [fit_law(x_fit, y) for y in ys_fit]
+    return to_em([law.neg_logp(x_new) for law in laws]), laws
+
+
+def _crossing(x, y, threshold: float = THRESHOLD) -> float:
+    """First x where the curve y(x) (sorted by x) reaches `threshold`, linear in log x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    above = np.flatnonzero(y >= threshold)
+    if not len(above):
+        return math.nan
+    i = int(above[0])
+    if i == 0:
+        return float(x[0])
+    t = (threshold - y[i - 1]) / (y[i] - y[i - 1])
+    return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    return (float(np.percentile(finite, 5)), float(np.percentile(finite, 95))) if len(finite) \
+        else (math.nan, math.nan)
+
+
+def forecast(df: pd.DataFrame, answer_len: float, axis: str = "params", holdout: int = 2,
+             n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Fit on all but the top `holdout` rungs (distinct `axis` values at each run's last step),
+    forecast exact match of every rung; one row per method x rung: x, `held_out`, measured
+    exact match (mean over the rung's runs and its 5-95% bootstrap interval), predicted
+    (from the fit on all points, and its interval from refits on resampled runs of each fitted
+    rung), `error` = predicted - measured, and per method the law (`a`, `b`) and the predicted
+    and measured `transition` (the x where exact match first reaches THRESHOLD; the predicted
+    one from the law, the measured one interpolated over the whole ladder)."""
+    table = wide(df)
+    table = table[table["step"] == table.groupby("run")["step"].transform("max")]
+    rungs = np.sort(table[axis].unique())
+    if len(rungs) <= holdout + 1:
+        raise ValueError(f"forecast along {axis}: {len(rungs)} rungs, need more than "
+                         f"holdout + 1 = {holdout + 1}")
+    fitted = table[axis].isin(rungs[: len(rungs) - holdout]).to_numpy()
+    x = table[axis].to_numpy(dtype=float)
+    measured = table.groupby(axis)["exact_match"]
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(fitted & (x == r)) for r in rungs[: len(rungs) - holdout]]
+    rows = []
+    for method, (ys, to_em) in _predictors(table, answer_len).items():
+        predicted, laws = _fit_predict(x[fitted], [y[fitted] for y in ys], rungs, to_em)
+        boot = []
+        for _ in range(n_boot):
+            pick = np.concatenate([rng.choice(g, len(g)) for g in groups])
+            try:
+                boot.append(_fit_predict(x[pick], [y[pick] for y in ys], rungs, to_em)[0])
+            except ValueError:
+                continue
+        boot = np.array(boot)
+        transition = _predicted_transition(laws, rungs, to_em)
+        for i, rung in enumerate(rungs):
+            values = measured.get_group(rung).to_numpy()
+            lo, hi = _interval(boot[:, i]) if len(boot) else (math.nan, math.nan)
+            m_lo, m_hi = _interval(_bootstrap_means(values, rng, n_boot))
+            rows.append({"method": method, "axis": axis, "x": float(rung),
+                         "held_out": bool(i >= len(rungs) - holdout), "n_runs": len(values),
+                         "measured": float(values.mean()), "measured_low": m_lo,
+                         "measured_high": m_hi, "predicted": float(predicted[i]),
+                         "predicted_low": lo, "predicted_high": hi,
+                         "error": float(predicted[i] - values.mean()),
+                         "a": laws[0].a, "b": laws[0].b, "predicted_transition": transition,
+                         "measured_transition": _crossing(rungs, measured.mean().loc[rungs])})
+    return pd.DataFrame(rows)
+
+
+def _bootstrap_means(values: np.ndarray, rng, n: int) -> np.ndarray:
+    return rng.choice(values, (n, len(values))).mean(1) if len(values) > 1 else values
+
+
+def _predicted_transition(laws: list[Law], rungs, to_em) -> float:
+    """Where the fitted laws' exact match first reaches THRESHOLD, on a fine log grid from the
+    smallest rung to 1,000x the largest (NaN if not there)."""
+    grid = np.geomspace(rungs[0], rungs[-1] * 1000, 2000)
+    return _crossing(grid, to_em([law.neg_logp(grid) for law in laws]))
+
+
+def forecast_steps(df: pd.DataFrame, answer_len: float, holdout: int = 2) -> pd.DataFrame:
+    """Per run: fit the laws on its checkpoints (step > 0) but the last `holdout`, forecast the
+    held-out ones; one row per method x run x checkpoint (columns as in `forecast`, `x` the
+    step, no intervals: one run per curve)."""
+    table = wide(df)
+    rows = []
+    for run, curve in table[table["step"] > 0].groupby("run"):
+        curve = curve.sort_values("step")
+        if len(curve) <= holdout + 1:
+            continue
+        steps = curve["step"].to_numpy(dtype=float)
+        fitted = np.arange(len(curve)) < len(curve) - holdout
+        for method, (ys, to_em) in _predictors(curve, answer_len).items():
+            try:
+                predicted, laws = _fit_predict(steps[fitted], [y[fitted] for y in ys], steps,
+                                               to_em)
+            except ValueError:
+                continue
+            em = curve["exact_match"].to_numpy()
+            for i, step in enumerate(steps):
+                rows.append({"method": method, "axis": "step", "run": run, "x": step,
+                             "held_out": not fitted[i], "measured": float(em[i]),
+                             "predicted": float(predicted[i]),
+                             "error": float(predicted[i] - em[i]), "a": laws[0].a,
+                             "b": laws[0].b})
+    return pd.DataFrame(rows)
+
+
+def errors(result: pd.DataFrame) -> pd.DataFrame:
+    """Forecast error on the held-out points per method and axis: mean absolute and largest
+    absolute error of exact match, and the number of held-out points."""
+    held = result[result["held_out"]].assign(abs_error=lambda t: t["error"].abs())
+    return (held.groupby(["axis", "method"])["abs_error"]
+            .agg(mean_abs_error="mean", max_abs_error="max", n="count").reset_index())
+
+
+def figure(result: pd.DataFrame, steps: pd.DataFrame | None = None) -> Figure:
+    """Exact match against size: measured points (fitted rungs filled, held-out rungs hollow,
+    seed intervals as bars) and each method's prediction (solid over the fitted rungs, dashed
+    over the extrapolation, its interval shaded); a second panel along training steps."""
+    panels = 2 if steps is not None and len(steps) else 1
+    fig = Figure(figsize=(5.5 * panels, 4), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
+    first = result[result["method"] == result["method"].iloc[0]]
+    for held, marker in ((False, "o"), (True, "o")):
+        part = first[first["held_out"] == held]
+        ax.errorbar(part["x"], part["measured"], yerr=[part["measured"] - part["measured_low"],
+                    part["measured_high"] - part["measured"]], fmt=marker, color="black",
+                    mfc="white" if held else "black", capsize=3, zorder=3,
+                    label="measured (held out)" if held else "measured (fitted)")
+    for i, (method, part) in enumerate(result.groupby("method", sort=False)):
+        part = part.sort_values("x")
+        color = f"C{i}"
+        cut = int((~part["held_out"]).sum())
+        ax.plot(part["x"][:cut], part["predicted"][:cut], "-", color=color, label=method)
+        ax.plot(part["x"][cut - 1:], part["predicted"][cut - 1:], "--", color=color)
+        ax.fill_between(part["x"], part["predicted_low"], part["predicted_high"], color=color,
+                        alpha=0.15)
+    ax.set(xscale="log", xlabel=first["axis"].iloc[0], ylabel="exact match", ylim=(-0.05, 1.05),
+           title="forecast of held-out rungs (dashed)")
+    ax.legend(fontsize=7)
+    if panels == 2:
+        ax = axes[1]
+        method = steps["method"].iloc[0]
+        for i, (_, curve) in enumerate(steps[steps["method"] == method].groupby("run")):
+            color = f"C{i % 10}"
+            ax.plot(curve["x"], curve["measured"], "o", ms=3, color=color)
+            ax.plot(curve["x"], curve["predicted"], "-", color=color, alpha=0.7)
+            held = curve[curve["held_out"]]
+            ax.plot(held["x"], held["measured"], "o", mfc="white", color=color)
+        ax.set(xscale="log", xlabel="step", ylabel="exact match", ylim=(-0.05, 1.05),
+               title=f"along training ({method}); hollow: held out")
+    return fig
+
+
+def report_section(result: pd.DataFrame, steps: pd.DataFrame | None, figure_path: str,
+                   markdown_table) -> str:
+    """The report's forecast section: held-out table, errors, transitions, figure."""
+    held = result[result["held_out"]]
+    cols = ["method", "x", "n_runs", "measured", "measured_low", "measured_high", "predicted",
+            "predicted_low", "predicted_high", "error"]
+    transitions = result.groupby("method", sort=False)[
+        ["predicted_transition", "measured_transition"]].first().reset_index()
+    parts = [
+        "## Forecast of exact match from the smaller rungs",
+        f"Laws fitted on all but the top {held['x'].nunique()} rungs along "
+        f"`{result['axis'].iloc[0]}` (analysis/forecast.py: `p^L` from the per-token answer "
+        "log-probability, `Hu` from the exact-answer probability), extrapolated to the held-out "
+        "rungs. Intervals: 5-95% over resampled runs of each rung.",
+        markdown_table(held[cols]),
+        "Forecast error on held-out points (exact match, absolute):",
+        markdown_table(pd.concat([errors(result), errors(steps)]) if steps is not None
+                       and len(steps) else errors(result)),
+        f"Transition (exact match first >= {THRESHOLD}): predicted from the law vs measured.",
+        markdown_table(transitions),
+        f"![forecast]({figure_path})",
+    ]
+    return "\n\n".join(parts)
