@@ -6,8 +6,11 @@
 Writes `<out>/scores.csv` (incremental: checkpoints already scored are not scored again),
 `<out>/summary.csv`, `<out>/figures/*.png` and `<out>/report.md`; `<out>` defaults to
 `<dir>/analysis`. `--transfer` instead reads the runs' final losses only and writes the
-learning-rate transfer view (analysis/transfer.py). A bad run or checkpoint is reported as a
-warning and skipped; a directory without any run exits with status 2.
+learning-rate transfer view (analysis/transfer.py). `--forecast` (and any sweep of >= 4 model
+sizes) adds the forecast of the top `--holdout` rungs' exact match from the smaller ones
+(analysis/forecast.py): forecast.csv, forecast_steps.csv, a figure and a report section. A bad
+run or checkpoint is reported as a warning and skipped; a directory without any run exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-from analysis import emergence, plots, transfer
-from analysis.report import log_to_wandb, write_report
+from analysis import emergence, forecast, plots, transfer
+from analysis.report import log_to_wandb, markdown_table, write_report
 from analysis.runs import find_runs, score
 
 log = logging.getLogger("analysis")
@@ -43,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output directory (default <dir>/analysis)")
     parser.add_argument("--transfer", action="store_true",
                         help="learning-rate transfer across width from the runs' final losses")
+    parser.add_argument("--forecast", action="store_true",
+                        help="forecast exact match of the top rungs from the smaller ones")
+    parser.add_argument("--holdout", type=int, default=2,
+                        help="rungs (and checkpoints) held out by the forecast (default 2)")
     return parser.parse_args(argv)
 
 
@@ -70,7 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     summary = emergence.summarize(df)
     summary.to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
-    report = write_report(df, summary, figures, runs, out, title=args.dir.resolve().name)
+    sections = []
+    has_answer = "eval/answer_logprob" in set(df["metric"])
+    if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):
+        try:
+            sections.append(forecast.write(df, forecast.answer_length(runs[0].task()), out,
+                                           args.holdout, markdown_table))
+        except ValueError as e:
+            log.error("forecast: %s", e)
+            if args.forecast:
+                return 1
+    elif args.forecast:
+        log.error("--forecast needs runs with eval/answer_logprob at >= %d sizes (got %d)",
+                  args.holdout + 2, forecast.rungs(df))
+        return 1
+    report = write_report(df, summary, figures, runs, out, title=args.dir.resolve().name,
+                          sections=sections)
     if args.wandb != "disabled":
         log_to_wandb(df, summary, figures, runs, out, group=args.dir.resolve().name,
                      mode=args.wandb)

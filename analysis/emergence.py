@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import progress
+from analysis.mechanistic import POSITION_PREFIX
 
 # Columns of the scores table that are not run coordinates (see analysis.runs.score).
 TABLE_COLUMNS = ("run", "params", "non_embedding_params", "step", "tokens", "flops", "metric",
@@ -30,8 +31,9 @@ TABLE_COLUMNS = ("run", "params", "non_embedding_params", "step", "tokens", "flo
 SIZE_COORDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "model")
 # Nanda et al.'s progress measures: restricted loss halves well before test accuracy moves.
 PROGRESS_EVENTS = ("restricted_halved_step", "lead_steps", "lead_evaluations", "excluded_ratio")
-# Per-head scores feed heatmaps, not curve statistics.
+# Per-head scores feed heatmaps, per-position ones forecasts, not curve statistics.
 PER_HEAD_PREFIX = "prefix_matching/"
+PER_POSITION_PREFIX = POSITION_PREFIX
 
 
 def _curve(x, y, log_x: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +240,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     coordinates that do not set the model's size or seed. Along `step`: one series per run
     configuration up to its seed. `value` is the statistic of the seed-averaged curve;
     `seed_mean`, `ci_low`, `ci_high` summarize the per-seed statistics (bootstrap_ci)."""
-    df = df[~df["metric"].str.startswith(PER_HEAD_PREFIX)]
+    df = df[~df["metric"].str.startswith((PER_HEAD_PREFIX, PER_POSITION_PREFIX))]
     coords = [c for c in df.columns if c not in TABLE_COLUMNS]
     last = df[df["step"] == df.groupby("run")["step"].transform("max")]
     rows = []

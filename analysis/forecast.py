@@ -8,8 +8,9 @@ compare with what those rungs measured (Hu et al. 2023 do this with PassUntil). 
 - `p^L`: the per-token answer loss -log p = (answer_logprob / L) follows a power law in the size
   x, log(-log p) = a + b log x; predicted exact match p^L, L the mean number of counted answer
   tokens;
-- `p^L per position`: the same law fitted at each answer position (where the table has
-  `answer_logprob/pos<i>` metrics), predicted exact match the product over positions;
+- `p^L per position`: the same law fitted at each answer position (where the table has the
+  `answer_position/logprob/<i>` scores: mean log p of answer token i, 0 where an example has no
+  token i, so they sum to answer_logprob), predicted exact match the product over positions;
 - `Hu`: log(-log P) linear in log x for P, the mean exact-answer probability (`answer_prob`),
   predicted exact match P (Hu et al. 2023's fit on the pass probability).
 
@@ -25,13 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.mechanistic import POSITION_PREFIX as POSITION
+
 PREFIX = "eval/"
-POSITION = "answer_logprob/pos"
 METHODS = ("p^L", "p^L per position", "Hu")
 THRESHOLD = 0.5  # the exact match whose crossing is the transition point
 
@@ -63,12 +66,13 @@ def fit_law(x, neg_logp) -> Law:
 
 
 def wide(df: pd.DataFrame, prefix: str = PREFIX) -> pd.DataFrame:
-    """One row per run x step with the `prefix` metrics as columns (prefix removed)."""
-    rows = df[df["metric"].str.startswith(prefix)]
+    """One row per run x step with the `prefix` metrics (prefix removed) and the per-position
+    answer log-probabilities as columns."""
+    rows = df[df["metric"].str.startswith((prefix, POSITION))]
     keys = [c for c in ("run", "seed", "params", "non_embedding_params", "step", "flops")
             if c in df.columns]
     table = rows.groupby([*keys, "metric"], dropna=False)["value"].first().unstack("metric")
-    table.columns = [c[len(prefix):] for c in table.columns]
+    table.columns = [c.removeprefix(prefix) for c in table.columns]
     return table.reset_index()
 
 
@@ -253,22 +257,52 @@ def report_section(result: pd.DataFrame, steps: pd.DataFrame | None, figure_path
                    markdown_table) -> str:
     """The report's forecast section: held-out table, errors, transitions, figure."""
     held = result[result["held_out"]]
-    cols = ["method", "x", "n_runs", "measured", "measured_low", "measured_high", "predicted",
-            "predicted_low", "predicted_high", "error"]
-    transitions = result.groupby("method", sort=False)[
-        ["predicted_transition", "measured_transition"]].first().reset_index()
+    cols = ["method", "axis", "x", "n_runs", "measured", "measured_low", "measured_high",
+            "predicted", "predicted_low", "predicted_high", "error"]
+    transitions = result.groupby(["axis", "method"], sort=False)[
+        ["a", "b", "predicted_transition", "measured_transition"]].first().reset_index()
     parts = [
         "## Forecast of exact match from the smaller rungs",
-        f"Laws fitted on all but the top {held['x'].nunique()} rungs along "
-        f"`{result['axis'].iloc[0]}` (analysis/forecast.py: `p^L` from the per-token answer "
-        "log-probability, `Hu` from the exact-answer probability), extrapolated to the held-out "
-        "rungs. Intervals: 5-95% over resampled runs of each rung.",
+        f"Laws log(-log p) = a + b log x fitted on all but the top "
+        f"{held.groupby('axis')['x'].nunique().max()} rungs along parameters and training FLOPs "
+        "(analysis/forecast.py: `p^L` from the per-token answer log-probability, per position "
+        "where the answer positions were scored, `Hu` from the exact-answer probability), "
+        "extrapolated to the held-out rungs; along training, fitted on each run's early "
+        "checkpoints and extrapolated to its last ones. Intervals: 5-95% over resampled runs of "
+        "each rung. A large error means exact match does not follow the average token: some "
+        "answer positions are learned abruptly, which the per-position rows show.",
         markdown_table(held[cols]),
         "Forecast error on held-out points (exact match, absolute):",
         markdown_table(pd.concat([errors(result), errors(steps)]) if steps is not None
                        and len(steps) else errors(result)),
-        f"Transition (exact match first >= {THRESHOLD}): predicted from the law vs measured.",
+        f"Laws and transition (exact match first >= {THRESHOLD}): predicted from the law vs "
+        "measured over the whole ladder (NaN: not reached).",
         markdown_table(transitions),
         f"![forecast]({figure_path})",
     ]
     return "\n\n".join(parts)
+
+
+def answer_length(task) -> float:
+    """L of p^L: the mean number of counted answer tokens of the task's eval set."""
+    return float(task.eval_set().mask.sum(1).double().mean())
+
+
+def rungs(df: pd.DataFrame, axis: str = "params") -> int:
+    return int(df[axis].nunique()) if axis in df and len(df) else 0
+
+
+def write(df: pd.DataFrame, answer_len: float, out, holdout: int = 2,
+          markdown_table=None) -> str:
+    """forecast.csv (along params and FLOPs), forecast_steps.csv and figures/forecast.png under
+    `out`; returns the report section (markdown_table formats the tables)."""
+    out = Path(out)
+    result = pd.concat([forecast(df, answer_len, axis, holdout) for axis in ("params", "flops")
+                        if df[axis].notna().all()], ignore_index=True)
+    steps = forecast_steps(df, answer_len, holdout)
+    result.to_csv(out / "forecast.csv", index=False)
+    steps.to_csv(out / "forecast_steps.csv", index=False)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    figure(result[result["axis"] == "params"], steps).savefig(out / "figures" / "forecast.png",
+                                                               dpi=120)
+    return report_section(result, steps, "figures/forecast.png", markdown_table)

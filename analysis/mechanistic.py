@@ -18,6 +18,8 @@ from analysis import metrics, progress
 from analysis.evaluate import Outputs, evaluate
 from tasks.modular import Modular
 
+POSITION_PREFIX = "answer_position/logprob/"  # eval set, per answer position, for forecasts
+
 
 @torch.no_grad()
 def head_scores(model, batch, batch_size: int = 1024) -> dict[str, Tensor]:
@@ -149,6 +151,10 @@ def score_checkpoint(model, task) -> dict[str, float]:
     for name, batch in _fixed_sets(task).items():
         outputs[name] = evaluate(model, task, batch)
         scores |= {f"{name}/{k}": v for k, v in metrics.compute(outputs[name]).items()}
+
+    if "eval" in outputs and outputs["eval"].answer is not None:  # per-position forecasts
+        by_position = metrics.answer_logprob_by_position(outputs["eval"])
+        scores |= {f"{POSITION_PREFIX}{i}": v for i, v in enumerate(by_position.tolist())}
 
     eval_set = task.eval_set()
     if eval_set.attend is not None and "eval" in outputs:

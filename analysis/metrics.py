@@ -147,6 +147,25 @@ def answer_logprob(out: Outputs) -> float:
     return torch.where(counted, logprob, 0.0).double().sum(1).mean().item()
 
 
+def answer_prob(out: Outputs) -> float:
+    """Mean over examples of p(whole correct answer), teacher forced: the expected pass rate of
+    sampling, whose log(-log) Hu et al. 2023 fit linearly in log parameters."""
+    if out.answer is None:
+        logprob, counted = out.logprob, out.mask
+    else:
+        logprob, counted = out.answer_slice(out.logprob), out.answer_mask
+    return torch.where(counted, logprob, 0.0).double().sum(1).exp().mean().item()
+
+
+def answer_logprob_by_position(out: Outputs) -> Tensor:
+    """[A] mean over all examples of log p(answer token i), 0 where an example does not count
+    position i: the terms whose sum is `answer_logprob`, for forecasts per position."""
+    if out.answer is None:
+        raise ValueError("answer positions need a prompt/answer task")
+    logprob = torch.where(out.answer_mask, out.answer_slice(out.logprob), 0.0)
+    return logprob.double().mean(0)
+
+
 def brier(out: Outputs) -> float | None:
     """Mean Brier score at the answer position, for single-token answers (the rescoring that
     removes BIG-bench's multiple-choice emergence, Schaeffer et al. 2023)."""
@@ -166,6 +185,7 @@ METRICS: dict[str, Callable[[Outputs], float | None]] = {
     "edit_distance": edit_distance,
     "edit_distance_norm": edit_distance_norm,
     "answer_logprob": answer_logprob,
+    "answer_prob": answer_prob,
     "brier": brier,
     "loss": loss,
     "predicted_exact_match_from_mean": predicted_exact_match_from_mean,

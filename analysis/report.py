@@ -80,8 +80,9 @@ def statistics_table(summary: pd.DataFrame, axis: str, statistics,
 
 
 def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
-                 runs: list[Run], out: str | Path, title: str) -> Path:
-    """Write `<out>/report.md`; figure links are relative to it."""
+                 runs: list[Run], out: str | Path, title: str, sections=()) -> Path:
+    """Write `<out>/report.md`; figure links are relative to it. `sections`: more markdown
+    sections (e.g. the forecast), placed before the figures."""
     out = Path(out)
     sizes = statistics_table(summary, "params", STATISTICS, prefix="eval/")
     events = statistics_table(summary, "step", EVENTS)
@@ -124,6 +125,7 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
                          "`lead_evaluations` how long before test accuracy reaches 0.95, and "
                          "`excluded_ratio` excluded loss there over its memorization-time "
                          "value (above 1: memorization alone explains less).")
+    parts += list(sections)
     if figures:
         parts.append("## Figures")
         parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]

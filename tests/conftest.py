@@ -9,10 +9,11 @@ from experiment_runs import train
 
 @pytest.fixture(scope="session")
 def grokking_runs(tmp_path_factory):
-    """grokking_sweep_small with and without weight decay, 2,000 steps."""
+    """grokking_sweep_small with and without weight decay, 2,000 steps, checkpoints every 50
+    (where the progress measures are read)."""
     out = tmp_path_factory.mktemp("grokking")
     return train(out, "grokking_sweep_small", "optim.weight_decay=1.0,0.0",
-                 "task.train_fraction=0.4", "train.steps=2000", "checkpoint.every=null",
+                 "task.train_fraction=0.4", "train.steps=2000", "checkpoint.every=50",
                  sweep=True)
 
 

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from experiment_runs import by_coordinate, train
 
 from analysis import forecast, progress, transfer
+from analysis.__main__ import main as analysis_main
 
 # A synthetic ladder from a known law: per-token answer loss 100 N^-0.6, answers of 5 tokens.
 A, B, L = math.log(100.0), -0.6, 5
@@ -148,3 +150,44 @@ def test_lead_finds_the_restricted_loss_halving_before_test_accuracy_moves():
     assert lead["generalization_step"] == 900 and lead["lead_steps"] == 600
     assert lead["lead_evaluations"] == 12
     assert lead["excluded_ratio"] == pytest.approx(4.5 / 2.5)
+
+
+# ---------------------------------------------------------------- slow reproductions
+
+
+@pytest.mark.slow
+def test_mup_keeps_the_best_lr_across_width_and_standard_parametrization_does_not(tmp_path):
+    train(tmp_path, "mup_transfer_small", sweep=True)
+    out = tmp_path / "analysis"
+    assert analysis_main([str(tmp_path), "--transfer"]) == 0
+    best = pd.read_csv(out / "best_lr.csv")
+    assert set(best["d_model"]) == {8, 16, 32, 64}
+    fitted = transfer.spread(best, "fitted_steps")
+    assert fitted["mup"] <= 1.0 < fitted["standard"]
+    assert (out / "figures" / "lr_transfer.png").exists()
+
+
+@pytest.mark.slow
+def test_forecast_of_the_addition_ladder_reports_its_error(addition_dir, tmp_path):
+    assert analysis_main([str(addition_dir), "--forecast", "--out", str(tmp_path)]) == 0
+    result = pd.read_csv(tmp_path / "forecast.csv")
+    held = result[result["held_out"] & (result["axis"] == "params")]
+    assert set(held["method"]) == set(forecast.METHODS)
+    assert held["x"].nunique() == 2 and held["predicted"].between(0, 1).all()
+    assert (pd.read_csv(tmp_path / "forecast_steps.csv")["held_out"]).any()
+    assert "## Forecast of exact match" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_restricted_loss_halves_several_evaluations_before_test_accuracy_rises(grokking_runs,
+                                                                              tmp_path):
+    decayed = by_coordinate(grokking_runs, "weight_decay")[1.0]
+    assert analysis_main([str(decayed.path), "--out", str(tmp_path)]) == 0
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    curve = scores.pivot_table(index="step", columns="metric", values="value")
+    lead = progress.lead(curve)
+    assert lead["memorization_step"] <= 300
+    assert lead["lead_evaluations"] >= 4  # checkpoints (every 50 steps) before 0.95
+    assert lead["excluded_ratio"] > 1.0
+    events = pd.read_csv(tmp_path / "summary.csv").query("metric == 'restricted_loss'")
+    assert events.set_index("statistic").loc["lead_steps", "value"] == lead["lead_steps"]
