@@ -167,11 +167,14 @@ def check_buildable(cfg: Config, model: GPTConfig) -> None:
 
 
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (called by the entry point, not at import)."""
+    """Store the schemas in Hydra's ConfigStore and register `${gpu_count:}` (the CUDA devices
+    this machine has, for conf/hydra/launcher/local.yaml); called by the entry point."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     from tasks import TASKS
 
+    OmegaConf.register_new_resolver("gpu_count", torch.cuda.device_count, replace=True)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for kind, (schema, _) in TASKS.items():
