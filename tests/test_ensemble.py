@@ -11,14 +11,17 @@ import signal
 import pytest
 import torch
 
+import train.checkpoint
 import train.ensemble
+import train.loop
 from analysis.runs import find_runs
 from models import GPTConfig
 from tasks.arithmetic import ArithmeticConfig
 from tasks.modular import ModularConfig
 from train.config import CheckpointConfig, Config, OptimConfig, TrainConfig, WandbConfig
-from train.ensemble import member_configs, write_hydra_files
+from train.ensemble import member_configs
 from train.loop import run
+from train.run_dir import write_hydra_files
 
 # float32 on CPU: the batched forward and the stacked AdamW round differently from the plain
 # path's kernels (about 1e-7 relative per step); after 20 steps the losses agree to ~1e-6.
@@ -122,6 +125,62 @@ def test_a_preempted_ensemble_resumes_exactly_and_a_member_resumes_alone(tmp_pat
     # A member's state.pt is in torch's AdamW format: the plain loop resumes it too.
     run(member_configs(cfg)[1], tmp_path / "copy/member_1")
     assert_same_losses(losses(tmp_path / "copy/member_1"), losses(tmp_path / "whole/member_1"))
+
+
+def test_a_crash_between_the_members_checkpoints_resumes_every_member_from_the_step_all_hold(
+        tmp_path, monkeypatch):
+    """member_1's write of step 4 fails after member_0's succeeded (a crash between the two):
+    member_0 still holds step 2's state, so the ensemble resumes both from there, bitwise."""
+    cfg = config(ensemble=2)
+    run(cfg, tmp_path / "whole")
+    save = train.checkpoint.save
+
+    def crash_at_member_1_step_4(checkpoints, step, *args):
+        if step == 4 and checkpoints.parent.name == "member_1":
+            raise OSError("the node went down")
+        return save(checkpoints, step, *args)
+
+    monkeypatch.setattr(train.checkpoint, "save", crash_at_member_1_step_4)
+    with pytest.raises(OSError, match="went down"):
+        run(cfg, tmp_path / "torn")
+    held = [sorted(p.parent.name for p in (tmp_path / f"torn/member_{i}").glob("*/*/state.pt"))
+            for i in range(2)]
+    assert held == [["step_0000002", "step_0000004"], ["step_0000002"]]
+    monkeypatch.setattr(train.checkpoint, "save", save)
+    run(cfg, tmp_path / "torn")
+    for i in range(2):
+        member = tmp_path / f"torn/member_{i}"
+        assert json.loads((member / "run.json").read_text())["resumed"][0]["step"] == 2
+        assert json.loads((member / "summary.json").read_text())["status"] == "completed"
+        assert losses(member) == losses(tmp_path / f"whole/member_{i}")
+        assert [p.parent.name for p in member.glob("*/*/state.pt")] == ["step_0000020"]
+
+
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_a_signal_during_the_last_step_completes_the_run_and_requeues_nothing(
+        tmp_path, monkeypatch, ensemble):
+    update = train.ensemble.BatchedUpdate if ensemble > 1 else train.loop.PlainUpdate
+    step, calls, requeued = update.__call__, [], []
+
+    def signal_at_the_last_step(self):
+        calls.append(1)
+        if len(calls) == 20:
+            signal.raise_signal(signal.SIGUSR1)
+        return step(self)
+
+    monkeypatch.setattr(update, "__call__", signal_at_the_last_step)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: requeued.append(signum))
+    try:  # the handler stands for submitit's, which would requeue the job
+        final = run(config(ensemble=ensemble), tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert requeued == [] and final is not None
+    dirs = [tmp_path] if ensemble == 1 else [tmp_path / f"member_{i}" for i in range(ensemble)]
+    for d in dirs:
+        summary = json.loads((d / "summary.json").read_text())
+        assert (summary["status"], summary["steps"]) == ("completed", 20)
+    with pytest.raises(FileExistsError, match="holds a completed run"):
+        run(config(ensemble=ensemble), tmp_path)  # what a requeued job would have met
 
 
 def test_a_diverging_member_stops_and_the_others_complete(tmp_path):

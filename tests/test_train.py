@@ -29,8 +29,9 @@ from analysis.metrics import compute
 from models import load_model
 from train.checkpoint import Preemption, is_checkpoint_step
 from train.config import CheckpointConfig, OptimConfig, register
-from train.loop import lr_factor, masked_cross_entropy, run
+from train.loop import run
 from train.run_dir import config_changes
+from train.state import lr_factor, masked_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["addition", "multiplication", "induction", "associative_recall", "modular", "parity"]
@@ -158,6 +159,41 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run_bitwise(tmp_path):
     assert read(stopped / "run.json")["resumed"][0]["step"] == summary["steps"]
     assert records(stopped) == records(reference)
     assert_same_weights(weights(stopped, 300), weights(reference, 300))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("members", [1, 2])
+def test_sigterm_resume_then_kill_9_loses_no_run_and_ends_as_an_uninterrupted_run(
+        tmp_path, members):
+    """Checkpoints every step; SIGTERM, a resumed attempt killed with SIGKILL (no clean-up:
+    an ensemble's members may be a checkpoint apart), then a last attempt completes every run
+    with the losses and weights of an uninterrupted one."""
+    steps = ["train.steps=60", "checkpoint.every=1", f"train.ensemble={members}"]
+    reference, faulty = tmp_path / "reference", tmp_path / "faulty"
+    train(reference, *RESUMABLE, *steps)
+    runs = [""] if members == 1 else [f"member_{i}" for i in range(members)]
+
+    args = [*TINY, *RESUMABLE, *steps, f"hydra.run.dir={faulty}"]
+    when = 2
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(faulty / runs[0] / f"checkpoints/step_{when:07d}")
+        proc.send_signal(stop)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == (0 if stop == signal.SIGTERM else -signal.SIGKILL), stderr
+        if stop == signal.SIGTERM:
+            summaries = [read(faulty / name / "summary.json") for name in runs]
+            assert {s["status"] for s in summaries} == {"preempted"}
+            when = summaries[0]["steps"] + 5  # the kill: a few steps after the resume point
+
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    for name in runs:
+        assert read(faulty / name / "summary.json")["status"] == "completed"
+        assert len(read(faulty / name / "run.json")["resumed"]) == 2
+        assert records(faulty / name) == records(reference / name)
+        assert_same_weights(weights(faulty / name, 60), weights(reference / name, 60))
 
 
 def test_crash_resumes_from_the_last_complete_checkpoint(tmp_path):

@@ -52,9 +52,8 @@ def is_checkpoint_step(step: int, total_steps: int, cfg: CheckpointConfig) -> bo
 
 
 def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
-         state: dict | None, keep_state: str) -> Path:
-    """Write checkpoints/step_XXXXXXX atomically; with `state`, make it the resume point and,
-    for keep_state=last, drop the state.pt of older checkpoints."""
+         state: dict | None) -> Path:
+    """Write checkpoints/step_XXXXXXX atomically; with `state`, it is a resume point."""
     final = checkpoints / step_dir_name(step)
     tmp = checkpoints / (TMP_PREFIX + final.name)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -66,24 +65,23 @@ def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
     if final.exists():  # left by an earlier attempt at this run that got further than its state
         shutil.rmtree(final)
     os.replace(tmp, final)
-    if state is not None and keep_state == "last":
-        for path in checkpoints.glob("step_*/state.pt"):
-            if path.parent != final:
-                path.unlink()
     return final
 
 
-def resume_point(checkpoints: Path) -> Path | None:
-    """The newest checkpoint holding state.pt, after removing half-written ones."""
+def prune_states(checkpoints: Path, keep: int) -> None:
+    """Delete state.pt everywhere but in step `keep` (checkpoint.keep_state=last)."""
+    for path in checkpoints.glob("step_*/state.pt"):
+        if path.parent.name != step_dir_name(keep):
+            path.unlink()
+
+
+def resumable_steps(checkpoints: Path) -> list[int]:
+    """The steps whose checkpoint holds state.pt, ascending, after removing half-written ones."""
     for tmp in checkpoints.glob(TMP_PREFIX + "*"):
         log.warning("removing %s, an unfinished checkpoint of an interrupted run", tmp)
         shutil.rmtree(tmp)
-    steps = [
-        (int(match.group(1)), path)
-        for path in checkpoints.glob("step_*")
-        if (match := STEP_DIR.fullmatch(path.name)) and (path / "state.pt").is_file()
-    ]
-    return max(steps)[1] if steps else None
+    return sorted(int(match.group(1)) for path in checkpoints.glob("step_*")
+                  if (match := STEP_DIR.fullmatch(path.name)) and (path / "state.pt").is_file())
 
 
 def rng_state(data_generator: torch.Generator) -> dict:

@@ -1,5 +1,9 @@
 """Ensemble training: `train.ensemble=N` trains N same-shape models at once in one process.
 
+The loop and every line of bookkeeping are the plain run's (`train.loop.run`, `train.state`);
+this module holds what batching adds: the members' configs, their stacked weights with the
+stacked AdamW, and `BatchedUpdate`, the step that replaces the plain `PlainUpdate`.
+
 Member i is the ordinary run of its own config: `seed + i` (initialization), `data_seed + i`
 (its own training batches; full-batch training shares the one training set) and, where
 `train.ensemble_lr` / `train.ensemble_weight_decay` list one value per member, that member's
@@ -29,26 +33,18 @@ import copy
 import dataclasses
 import functools
 import math
-import random
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tasks
-from models import GPT, GPTConfig, load_model
-from train import checkpoint
+from models import GPT
 from train.config import Config
-from train.log import RunLogger
-from train.loop import Diverged, TrainStats, evaluate_all, lr_factor, masked_cross_entropy
-from train.run_dir import RunDir
+from train.state import RunState, masked_cross_entropy
 
 ENSEMBLE_KEYS = ("train.ensemble", "train.ensemble_lr", "train.ensemble_weight_decay")
 
@@ -82,6 +78,12 @@ def member_overrides(overrides: list[str], cfg: Config, member: Config) -> list[
     return kept + [f"{key}={value}" for key, value in grid.items()]
 
 
+def member_specs(cfg: Config, run_dir: Path, overrides: list[str]) -> list[tuple]:
+    """(config, directory, overrides) of each member: the runs `train.loop.run` opens."""
+    return [(member, run_dir / f"member_{i}", member_overrides(overrides, cfg, member))
+            for i, member in enumerate(member_configs(cfg))]
+
+
 class Stacked:
     """The weights of N same-shape models as one [N, P] tensor, with AdamW's moments.
 
@@ -89,7 +91,9 @@ class Stacked:
     name to a [N, *shape] view of its block of columns: the leaves that `functional_call`
     reads and autograd differentiates, so an update of the rows is seen by the next forward."""
 
-    def __init__(self, models: list[GPT]):
+    def __init__(self, models: list[GPT], optimizers: list[torch.optim.Optimizer]):
+        """The models' weights, and the moments their optimizers hold (a resumed run's, loaded
+        from state.pt), which move into the rows: the optimizers keep only their settings."""
         named = list(models[0].named_parameters())
         self.sizes = [p.numel() for _, p in named]
         self.weights = torch.stack([torch.cat([p.detach().flatten() for p in m.parameters()])
@@ -101,6 +105,13 @@ class Stacked:
         self.exp_avg = torch.zeros_like(self.weights)
         self.exp_avg_sq = torch.zeros_like(self.weights)
         self.count = 0  # updates so far (AdamW's bias corrections)
+        for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+            if optimizer.state:
+                moments = [optimizer.state[p] for p in model.parameters()]
+                self.exp_avg[i] = torch.cat([m["exp_avg"].flatten() for m in moments])
+                self.exp_avg_sq[i] = torch.cat([m["exp_avg_sq"].flatten() for m in moments])
+                self.count = int(moments[0]["step"])
+                optimizer.state.clear()
 
     def column(self, values: Tensor) -> Tensor:
         """[N, n_params] per-parameter values -> [N, P], each repeated over its parameter."""
@@ -145,87 +156,8 @@ class Stacked:
         optimizer.state.clear()
         return state
 
-    @torch.no_grad()
-    def load_optimizer_state(self, i: int, model: GPT, optimizer: torch.optim.Optimizer,
-                             state: dict) -> None:
-        optimizer.load_state_dict(state)
-        for j, p in enumerate(model.parameters()):
-            moments = optimizer.state[p]
-            columns = slice(sum(self.sizes[:j]), sum(self.sizes[: j + 1]))
-            self.exp_avg[i, columns] = moments["exp_avg"].flatten()
-            self.exp_avg_sq[i, columns] = moments["exp_avg_sq"].flatten()
-            self.count = int(moments["step"])
-        optimizer.state.clear()
 
-
-@dataclass
-class Member:
-    """One member's ordinary-run machinery: its model (a copy of its row of the stacked
-    weights, refreshed before evaluation and saving), optimizer and schedule (the source of
-    its per-group lr and weight decay), data generator, statistics, directory and logger."""
-
-    cfg: Config
-    model: GPT
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    generator: torch.Generator
-    stats: TrainStats
-    run_dir: RunDir
-    logger: RunLogger | None = None
-    last: dict = dataclasses.field(default_factory=dict)
-    alive: bool = True
-
-
-def write_hydra_files(path: Path, cfg: Config, overrides: list[str]) -> None:
-    """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them for a run it launches."""
-    hydra_dir = path / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(cfg), hydra_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
-
-
-def open_members(cfg: Config, model_cfg: GPTConfig, device: torch.device, run_dir: Path,
-                 overrides: list[str], group: str | None) -> tuple[list[Member], list]:
-    """Build every member (initialized as its own run would be) and open its directory.
-    Returns the members and each one's checkpoint to resume from (None: fresh start).
-
-    A member whose newest state is older than the others' stopped early (diverged) and stays
-    stopped; any other mismatch means the members cannot continue in step."""
-    configs = member_configs(cfg)
-    dirs = [RunDir(run_dir / f"member_{i}", c, member_overrides(overrides, cfg, c), group)
-            for i, c in enumerate(configs)]
-    points = [None if cfg.train.overwrite or not d.checkpoints.exists()
-              else checkpoint.resume_point(d.checkpoints) for d in dirs]
-    steps = [-1 if p is None else checkpoint.step_of(p) for p in points]
-    stopped = [s < max(steps) and d.path.joinpath("summary.json").exists()
-               for s, d in zip(steps, dirs, strict=True)]
-    if len({s for s, out in zip(steps, stopped, strict=True) if not out}) > 1:
-        raise ValueError(f"{run_dir}: the ensemble's members stopped at different steps "
-                         f"{steps}; pass train.overwrite=true to start it over")
-    # Every directory is checked before any is written to.
-    resumes = [None if stop else run.open() for run, stop in zip(dirs, stopped, strict=True)]
-    members = []
-    for member_cfg, run, stop, resume in zip(configs, dirs, stopped, resumes, strict=True):
-        for rng in (torch.manual_seed, random.seed, np.random.seed):
-            rng(member_cfg.seed)
-        model = (GPT(model_cfg) if resume is None
-                 else load_model(resume / "model.safetensors", expect=model_cfg)[0]).to(device)
-        if not stop:
-            write_hydra_files(run.path, member_cfg, run.overrides)
-            run.begin(resume)
-        optim = member_cfg.optim
-        optimizer = torch.optim.AdamW(
-            model.param_groups(optim.lr, optim.weight_decay, optim.decay_embeddings),
-            lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
-        schedule = functools.partial(lr_factor, cfg=optim, total_steps=cfg.train.steps)
-        members.append(Member(
-            member_cfg, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-            torch.Generator(device).manual_seed(member_cfg.data_seed), TrainStats(device), run,
-            alive=not stop))
-    return members, resumes
-
-
-def hyperparameter(members: list[Member], key: str, device: torch.device) -> Tensor:
+def hyperparameter(members: list[RunState], key: str, device: torch.device) -> Tensor:
     """[N, n_params]: each member's optimizer setting `key` (lr, weight_decay) for each of its
     parameters, as its parameter group holds it."""
     group_of = {p: j for j, group in enumerate(members[0].optimizer.param_groups)
@@ -235,7 +167,7 @@ def hyperparameter(members: list[Member], key: str, device: torch.device) -> Ten
     return torch.tensor(table, device=device)[:, index]
 
 
-def training_data(task: tasks.Task, members: list[Member],
+def training_data(task: tasks.Task, members: list[RunState],
                   batch_size: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """(tokens, targets, mask): [N, B, T], a batch per member from its own generator, or, for
     full-batch training (batch_size None), the training set [B, T] that all members share."""
@@ -269,122 +201,41 @@ def member_loss_fn(model: GPT, start: int, shared_data: bool):
     return vmap(loss, in_dims=(0, None, data, data, data), randomness="different")
 
 
-def run_ensemble(cfg: Config, task: tasks.Task, model_cfg: GPTConfig, device: torch.device,
-                 run_dir: Path, overrides: list[str], group: str | None,
-                 autocast) -> float | None:
-    """Train cfg.train.ensemble members as one batched computation (see the module docstring);
-    returns the mean final eval/loss of the members that completed (None if none did)."""
-    group = group or run_dir.name  # the members share a wandb group
-    members, resumes = open_members(cfg, model_cfg, device, run_dir, overrides, group)
-    stacked = Stacked([m.model for m in members])
-    step, tokens, elapsed = 0, 0, 0.0
-    for i, (m, resume) in enumerate(zip(members, resumes, strict=True)):
-        if resume is not None:
-            state = checkpoint.load_state(resume)
-            stacked.load_optimizer_state(i, m.model, m.optimizer, state["optimizer"])
-            m.scheduler.load_state_dict(state["scheduler"])
-            checkpoint.set_rng_state(state["rng"], m.generator)
-            m.stats.load_state_dict(state["stats"])
-            step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
-    weight_decay = stacked.column(hyperparameter(members, "weight_decay", device))
+class BatchedUpdate:
+    """The members' training step as one computation: a vmapped forward and backward over the
+    stacked weights, per-member clipping and the stacked AdamW (see the module docstring)."""
 
-    shared_data = cfg.train.batch_size is None  # the whole training set, the same for all
-    loss_fn = member_loss_fn(members[0].model, task.loss_start, shared_data)
-    if cfg.compile:
-        loss_fn = torch.compile(loss_fn)
-    # The CPU's fused attention kernel has no vmap batching rule (it would loop over members).
-    attention = (functools.partial(sdpa_kernel, SDPBackend.MATH) if device.type == "cpu"
-                 else contextlib.nullcontext)
-    buffers = dict(members[0].model.named_buffers())
-    total, flops_per_token = cfg.train.steps, members[0].model.flops_per_token()
-    for m in members:
-        if m.alive:
-            m.logger = RunLogger(m.run_dir.path, m.cfg.wandb, run_id=m.run_dir.info["wandb_id"],
-                                 config=m.run_dir.info["config"], group=group,
-                                 total_steps=total,
-                                 start={"step": step, "tokens": tokens, "elapsed_s": elapsed},
-                                 overrides=m.run_dir.info["overrides"])
-    t0 = time.perf_counter() - elapsed
+    def __init__(self, runs: list[RunState], task: tasks.Task, cfg: Config, autocast):
+        device = runs[0].generator.device
+        self.runs, self.task, self.cfg, self.autocast = runs, task, cfg, autocast
+        self.stacked = Stacked([r.model for r in runs], [r.optimizer for r in runs])
+        self.weight_decay = self.stacked.column(hyperparameter(runs, "weight_decay", device))
+        self.loss_fn = member_loss_fn(runs[0].model, task.loss_start,
+                                      shared_data=cfg.train.batch_size is None)
+        if cfg.compile:
+            self.loss_fn = torch.compile(self.loss_fn)
+        # The CPU's fused attention kernel has no vmap batching rule (it would loop over members).
+        self.attention = (functools.partial(sdpa_kernel, SDPBackend.MATH)
+                          if device.type == "cpu" else contextlib.nullcontext)
+        self.buffers = dict(runs[0].model.named_buffers())
 
-    def save(i: int, m: Member) -> None:
-        meta = {"step": step, "tokens": tokens, "flops": flops_per_token * tokens}
-        state = {"step": step, "tokens": tokens, "elapsed_s": time.perf_counter() - t0,
-                 "optimizer": stacked.optimizer_state(i, m.model, m.optimizer),
-                 "scheduler": m.scheduler.state_dict(),
-                 "rng": checkpoint.rng_state(m.generator), "stats": m.stats.state_dict()}
-        checkpoint.save(m.run_dir.checkpoints, step, m.model, meta, state,
-                        cfg.checkpoint.keep_state)
+    def __call__(self) -> tuple[Tensor, Tensor, int]:
+        """One update of every member: (losses [N], gradient norms [N], tokens per member)."""
+        stacked, optim = self.stacked, self.cfg.optim
+        data = training_data(self.task, self.runs, self.cfg.train.batch_size)
+        with self.autocast(), self.attention():
+            losses = self.loss_fn(stacked.params, self.buffers, *data)
+        grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
+        grad = torch.cat([g.flatten(1) for g in grads], dim=1)
+        grad_norms = stacked.clip_(grad, self.cfg.train.grad_clip or math.inf)
+        lr = stacked.column(hyperparameter(self.runs, "lr", grad.device))
+        stacked.adamw_(grad, lr, self.weight_decay, optim.betas, optim.eps)
+        advance([r.scheduler for r in self.runs])
+        return losses, grad_norms, math.prod(data[0].shape[-2:])
 
-    def record(m: Member, with_eval: bool) -> None:
-        row = {"step": step, "tokens": tokens, "flops": flops_per_token * tokens,
-               "elapsed_s": time.perf_counter() - t0, **m.stats.pop()}
-        if step > 0:
-            row["train/lr"] = m.cfg.optim.lr * lr_factor(step - 1, m.cfg.optim, total)
-        if with_eval:
-            row.update(evaluate_all(m.model, task, autocast))
-        m.logger.log(row)
-        m.last = row
+    def sync(self, i: int) -> None:
+        """Member i's current weights into its model (for evaluation and checkpoints)."""
+        self.stacked.copy_to(i, self.runs[i].model)
 
-    def finish(m: Member, status: str, error: str | None) -> None:
-        summary = m.run_dir.finish(m.model, status, error, step, total, tokens,
-                                   time.perf_counter() - t0, m.last)
-        m.logger.close(summary, ok=status != "failed")
-        m.alive = False
-
-    def record_and_save(at_eval: bool, at_log: bool, at_save: bool) -> None:
-        for i, m in enumerate(members):
-            if not m.alive:
-                continue
-            if at_eval or at_save:
-                stacked.copy_to(i, m.model)
-            try:
-                m.stats.check(m.model if at_save else None)  # never save a diverged model
-            except Diverged as e:
-                finish(m, "failed", f"{e} (optim.lr={m.cfg.optim.lr}); stopped, the other "
-                       f"members went on")
-                continue
-            if at_log:
-                record(m, with_eval=at_eval)
-            if at_save:
-                save(i, m)
-
-    status, error = "failed", None
-    try:
-        with checkpoint.Preemption() as preemption:
-            if all(r is None for r in resumes):
-                record_and_save(at_eval=True, at_log=True, at_save=True)
-            while step < total and preemption.signum is None and any(m.alive for m in members):
-                data = training_data(task, members, cfg.train.batch_size)
-                with autocast(), attention():
-                    losses = loss_fn(stacked.params, buffers, *data)
-                grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
-                grad = torch.cat([g.flatten(1) for g in grads], dim=1)
-                grad_norms = stacked.clip_(grad, cfg.train.grad_clip or math.inf)
-                lr = stacked.column(hyperparameter(members, "lr", device))
-                stacked.adamw_(grad, lr, weight_decay, cfg.optim.betas, cfg.optim.eps)
-                advance([m.scheduler for m in members])
-                step += 1
-                tokens += math.prod(data[0].shape[-2:])  # per member
-                for i, m in enumerate(members):
-                    if m.alive:
-                        m.stats.add(step, losses[i], grad_norms[i])
-
-                at_eval = step % cfg.train.eval_every == 0 or step == total
-                at_log = at_eval or step % cfg.train.log_every == 0
-                at_save = (checkpoint.is_checkpoint_step(step, total, cfg.checkpoint)
-                           or preemption.signum is not None)
-                if at_log or at_save:
-                    record_and_save(at_eval, at_log, at_save)
-            status = "completed" if step >= total else "preempted"
-    except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        for i, m in enumerate(members):
-            if m.alive:
-                stacked.copy_to(i, m.model)
-                finish(m, status, error)
-    preemption.hand_over()
-    finals = [m.last.get("eval/loss") for m in members if m.last.get("step") == total]
-    finals = [f for f in finals if f is not None]
-    return None if status != "completed" or not finals else sum(finals) / len(finals)
+    def optimizer_state(self, i: int) -> dict:
+        return self.stacked.optimizer_state(i, self.runs[i].model, self.runs[i].optimizer)

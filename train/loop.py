@@ -1,11 +1,15 @@
-"""The training loop: `run(cfg, run_dir)` trains one model on one task and fills its run directory.
+"""The training loop: `run(cfg, run_dir)` trains a model (or, with `train.ensemble=N`, N models at
+once) on one task and fills its run directory.
 
 Per step: a batch from the task on the device, masked next-token cross-entropy, AdamW with
 warmup and a cosine/linear/constant schedule, gradient clipping. Nothing leaves the device
 between log steps: the loss and gradient norm are summed there and read (one host sync) only
-when a record is written or a checkpoint saved. Evaluation scores `task.eval_set()`,
-`task.train_eval_set()` and `task.ood_set()` with `analysis.evaluate` + `analysis.metrics`, the
-same functions `python -m analysis` uses. Run-directory bookkeeping lives in `train.run_dir`.
+when a record is written or a checkpoint saved. Evaluation scores the task's fixed sets with
+`analysis.evaluate` + `analysis.metrics`, the same functions `python -m analysis` uses.
+
+A plain run and an ensemble go through the same loop and the same bookkeeping
+(`train.state`); they differ only in the update: `PlainUpdate` below steps one model with
+torch's AdamW, `train.ensemble.BatchedUpdate` steps N stacked models under vmap.
 """
 
 from __future__ import annotations
@@ -13,93 +17,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import random
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 import tasks
-from analysis.evaluate import evaluate
-from analysis.metrics import compute
-from models import GPT, GPTConfig, load_model
-from train import checkpoint
-from train.config import Config, OptimConfig, check_buildable
-from train.log import RunLogger
-from train.run_dir import RunDir
-
-
-class Diverged(RuntimeError):
-    """The loss or the gradient norm stopped being finite."""
-
-
-def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Multiplier of the peak lr for update `step` (0-based): linear warmup, then decay."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    decay = {
-        "constant": 0.0,
-        "linear": progress,
-        "cosine": (1 - math.cos(math.pi * progress)) / 2,
-    }[cfg.schedule]
-    return 1 - (1 - cfg.min_lr_ratio) * decay
-
-
-def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """Mean cross-entropy over the masked positions of logits [B, T, V]. Weighting, not
-    boolean indexing: an indexed tensor's size depends on the data, which costs a host sync."""
-    ce = F.cross_entropy(rearrange(logits, "b t v -> b v t"), targets, reduction="none")  # [B, T]
-    weight = mask.to(ce.dtype)
-    return (ce * weight).sum() / weight.sum().clamp(min=1)
-
-
-class TrainStats:
-    """Sums of the training loss and gradient norm since the last record, kept on the device,
-    and the first step whose loss or gradient norm was not finite (-1: none yet)."""
-
-    def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.grad_norm = torch.zeros((), device=device)
-        self.count = self.step = 0
-        self.first_bad = torch.full((), -1, device=device)
-
-    def add(self, step: int, loss: Tensor, grad_norm: Tensor) -> None:
-        self.loss += loss.detach().float()
-        self.grad_norm += grad_norm.float()
-        self.count, self.step = self.count + 1, step
-        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-        self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad, step)
-
-    def check(self, model: torch.nn.Module | None = None) -> None:
-        """Raise Diverged naming the step (a host sync); with `model`, check its weights too."""
-        if (bad := int(self.first_bad)) >= 0:
-            raise Diverged(f"train/loss or train/grad_norm is not finite at step {bad}")
-        if model is not None and not all(p.isfinite().all() for p in model.parameters()):
-            raise Diverged(f"the weights are not finite after step {self.step}")
-
-    def pop(self) -> dict[str, float]:
-        """The means since the last call, then reset."""
-        if not self.count:
-            return {}
-        means = {"train/loss": self.loss.item() / self.count,
-                 "train/grad_norm": self.grad_norm.item() / self.count}
-        self.loss.zero_()
-        self.grad_norm.zero_()
-        self.count = 0
-        return means
-
-    def state_dict(self) -> dict:
-        return {"loss": self.loss, "grad_norm": self.grad_norm, "count": self.count,
-                "step": self.step, "first_bad": self.first_bad}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
-            setattr(self, name, value.to(self.loss.device) if torch.is_tensor(value) else value)
+from models import GPTConfig
+from train import checkpoint, ensemble
+from train.config import Config, check_buildable
+from train.state import Diverged, Progress, RunState, masked_cross_entropy, open_runs, scores
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,18 +50,6 @@ def model_config_for(model: GPTConfig, task: tasks.Task) -> GPTConfig:
     return model
 
 
-def evaluate_all(model: GPT, task: tasks.Task, autocast) -> dict[str, float]:
-    """eval/, train_eval/ and ood/ metrics of the current model."""
-    sets = {"eval": task.eval_set(), "train_eval": task.train_eval_set(), "ood": task.ood_set()}
-    scores = {}
-    for prefix, batch in sets.items():
-        if batch is not None:
-            with autocast():
-                outputs = evaluate(model, task, batch)
-            scores.update({f"{prefix}/{name}": v for name, v in compute(outputs).items()})
-    return scores
-
-
 def precision(cfg: Config, device: torch.device):
     """The autocast context of cfg.dtype (bfloat16 where asked, or by default on CUDA; else
     a no-op), after turning on TF32 for the float32 matmuls outside it on CUDA."""
@@ -144,10 +59,68 @@ def precision(cfg: Config, device: torch.device):
     return functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=bf16)
 
 
+class PlainUpdate:
+    """One model's training step: forward, backward, clip_grad_norm_, torch's AdamW (fused on
+    CUDA) and its schedule. Its model is the run's model, so `sync` has nothing to do."""
+
+    def __init__(self, runs: list[RunState], task: tasks.Task, cfg: Config, autocast):
+        (self.run,) = runs
+        self.task, self.cfg, self.autocast = task, cfg, autocast
+        self.forward = torch.compile(self.run.model) if cfg.compile else self.run.model
+
+    def __call__(self) -> tuple[Tensor, Tensor, int]:
+        """One update: (losses [1], gradient norms [1], training tokens)."""
+        run, start = self.run, self.task.loss_start
+        batch = self.task.train_batch(self.cfg.train.batch_size, run.generator)
+        with self.autocast():
+            logits = self.forward(batch.tokens, start=start)
+            loss = masked_cross_entropy(logits, batch.targets[:, start:], batch.mask[:, start:])
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(),
+                                                   self.cfg.train.grad_clip or math.inf)
+        run.optimizer.step()
+        run.scheduler.step()
+        return loss[None], grad_norm[None], batch.tokens.numel()
+
+    def sync(self, i: int) -> None:
+        """Run i's model holds its current weights already."""
+
+    def optimizer_state(self, i: int) -> dict:
+        return self.run.optimizer.state_dict()
+
+
+def checkpoint_runs(runs: list[RunState], update, progress: Progress, task: tasks.Task,
+                    cfg: Config, autocast, at_eval: bool, at_log: bool, at_save: bool) -> None:
+    """Record and save every live run as the flags say; a run whose loss or weights are not
+    finite is finished as failed instead (never saved). keep_state=last prunes older states
+    only once every run has saved this step, so the runs always share a resumable step."""
+    saved = []
+    for i, run in enumerate(runs):
+        if not run.alive:
+            continue
+        if at_eval or at_save:
+            update.sync(i)
+        try:
+            run.stats.check(run.model if at_save else None)
+        except Diverged as e:
+            run.finish(progress, "failed", diverged=e)
+            continue
+        if at_log:
+            run.record(progress, scores(run.model, task, autocast) if at_eval else {})
+        if at_save:
+            run.save(progress, update.optimizer_state(i))
+            saved.append(run)
+    if cfg.checkpoint.keep_state == "last":
+        for run in saved:
+            checkpoint.prune_states(run.dir.checkpoints, keep=progress.step)
+
+
 def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         group: str | None = None) -> float | None:
     """Train as `cfg` says, writing everything into `run_dir` (resuming what is there), and
-    return the final eval/loss (None if the run stopped early)."""
+    return the final eval/loss (an ensemble: the mean over the members that completed; None if
+    the run stopped early)."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -157,115 +130,55 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
     if cfg.train.batch_size is None and task.train_set() is None:
         raise ValueError("train.batch_size=null (full batch) needs a task with a finite training "
                          "set; set train.batch_size, or task.train_size where the task has one")
-    if cfg.train.ensemble > 1:  # N models in one process, each its own run in run_dir/member_i
-        from train.ensemble import run_ensemble  # (imports this module)
-
-        return run_ensemble(cfg, task, model_cfg, device, Path(run_dir), overrides or [], group,
-                            precision(cfg, device))
-    run_dir = RunDir(Path(run_dir), cfg, overrides or [], group)
-    resume = run_dir.open()  # refuses a finished run or a changed config
-
-    for rng in (torch.manual_seed, random.seed, np.random.seed):
-        rng(cfg.seed)
-    if resume is None:
-        model = GPT(model_cfg)  # initialized on the CPU: the same weights on every device
+    run_dir, overrides = Path(run_dir), overrides or []
+    members = cfg.train.ensemble > 1  # N runs in one process, each its own run_dir/member_i
+    if members:
+        specs, group = ensemble.member_specs(cfg, run_dir, overrides), group or run_dir.name
     else:
-        model = load_model(resume / "model.safetensors", expect=model_cfg)[0]
-    model.to(device)
-    run_dir.begin(resume)
-    optimizer = torch.optim.AdamW(
-        model.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_embeddings),
-        lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-        fused=device.type == "cuda",
-    )
-    total = cfg.train.steps
-    schedule = functools.partial(lr_factor, cfg=cfg.optim, total_steps=total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    data_generator = torch.Generator(device).manual_seed(cfg.data_seed)
-    stats = TrainStats(device)
-    step, tokens, elapsed = 0, 0, 0.0
-    if resume is not None:
-        state = checkpoint.load_state(resume)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"], data_generator)
-        stats.load_state_dict(state["stats"])
-        step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
-
+        specs = [(cfg, run_dir, overrides)]
+    runs, progress = open_runs(specs, model_cfg, device, group, hydra_files=members)
     autocast = precision(cfg, device)
-    forward = torch.compile(model) if cfg.compile else model
-    flops_per_token = model.flops_per_token()
-    logger = RunLogger(run_dir.path, cfg.wandb, run_id=run_dir.info["wandb_id"],
-                       config=run_dir.info["config"], group=group, total_steps=total,
-                       start={"step": step, "tokens": tokens, "elapsed_s": elapsed},
-                       overrides=run_dir.info["overrides"])
-    t0 = time.perf_counter() - elapsed
+    update = (ensemble.BatchedUpdate if members else PlainUpdate)(runs, task, cfg, autocast)
+    book = functools.partial(checkpoint_runs, runs, update, progress, task, cfg, autocast)
 
-    def save(step: int, with_state: bool) -> None:
-        meta = {"step": step, "tokens": tokens, "flops": flops_per_token * tokens}
-        state = None
-        if with_state:
-            state = {"step": step, "tokens": tokens, "elapsed_s": time.perf_counter() - t0,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": checkpoint.rng_state(data_generator), "stats": stats.state_dict()}
-        checkpoint.save(run_dir.checkpoints, step, model, meta, state, cfg.checkpoint.keep_state)
-
-    def record(step: int, with_eval: bool) -> dict:
-        row = {"step": step, "tokens": tokens, "flops": flops_per_token * tokens,
-               "elapsed_s": time.perf_counter() - t0, **stats.pop()}
-        if step > 0:
-            row["train/lr"] = cfg.optim.lr * schedule(step - 1)  # of the last update
-        if with_eval:
-            row.update(evaluate_all(model, task, autocast))
-        logger.log(row)
-        return row
-
-    status, error, last = "failed", None, run_dir.last_record
-    start = task.loss_start
+    status = "failed"
     try:
         with checkpoint.Preemption() as preemption:
-            if resume is None:
-                last = record(0, with_eval=True)
-                save(0, with_state=True)
-            while step < total and preemption.signum is None:
-                batch = task.train_batch(cfg.train.batch_size, data_generator)
-                with autocast():
-                    logits = forward(batch.tokens, start=start)
-                    loss = masked_cross_entropy(logits, batch.targets[:, start:],
-                                                batch.mask[:, start:])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.train.grad_clip or math.inf)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                tokens += batch.tokens.numel()
-                stats.add(step, loss, grad_norm)
+            if progress.step == 0:
+                book(at_eval=True, at_log=True, at_save=True)
+            while (progress.step < progress.total and preemption.signum is None
+                   and any(r.alive for r in runs)):
+                losses, grad_norms, tokens = update()
+                progress.step += 1
+                progress.tokens += tokens
+                for i, r in enumerate(runs):
+                    if r.alive:
+                        r.stats.add(progress.step, losses[i], grad_norms[i])
 
-                at_eval = step % cfg.train.eval_every == 0 or step == total
+                step = progress.step
+                at_eval = step % cfg.train.eval_every == 0 or step == progress.total
                 at_log = at_eval or step % cfg.train.log_every == 0
-                at_save = (checkpoint.is_checkpoint_step(step, total, cfg.checkpoint)
+                at_save = (checkpoint.is_checkpoint_step(step, progress.total, cfg.checkpoint)
                            or preemption.signum is not None)
                 if at_log or at_save:
-                    stats.check(model if at_save else None)  # never save a diverged model
-                if at_log:
-                    last = record(step, with_eval=at_eval)
-                if at_save:
-                    save(step, with_state=True)
-            status = "completed" if step >= total else "preempted"
-    except Diverged as e:
-        newest = checkpoint.resume_point(run_dir.checkpoints)
-        error = (f"{e} (optim.lr={cfg.optim.lr}); stopped. The newest checkpoint, "
-                 f"{newest.name if newest else 'none'}, was saved before it.")
-        raise Diverged(error) from None
+                    book(at_eval=at_eval, at_log=at_log, at_save=at_save)
+            if progress.step >= progress.total:
+                status = "completed"
+            elif preemption.signum is not None:
+                status = "preempted"
     except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
+        for r in runs:
+            r.error = r.error or f"{type(e).__name__}: {e}"
         raise
     finally:
-        summary = run_dir.finish(model, status, error, step, total, tokens,
-                                 time.perf_counter() - t0, last)
-        logger.close(summary, ok=status != "failed")
+        for i, r in enumerate(runs):
+            if r.alive:
+                update.sync(i)
+                r.finish(progress, status)
+    if status == "failed":  # no exception: every run diverged
+        raise Diverged("; ".join(r.error for r in runs if r.error))
     if status == "preempted":
         preemption.hand_over()  # under submitit: requeue this job
-    return last.get("eval/loss") if status == "completed" else None
+    finals = [r.last["eval/loss"] for r in runs
+              if r.error is None and r.last.get("step") == progress.total and "eval/loss" in r.last]
+    return sum(finals) / len(finals) if status == "completed" and finals else None

@@ -19,6 +19,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from train import checkpoint
 from train.config import Config
 from train.log import truncate_metrics
@@ -74,16 +76,27 @@ def config_changes(old: dict, new: dict) -> list[str]:
     ]
 
 
+def write_hydra_files(path: Path, cfg: Config, overrides: list[str]) -> None:
+    """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them for a run it launches."""
+    hydra_dir = path / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+
+
 class RunDir:
-    def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None):
+    def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None,
+                 hydra_files: bool = False):
+        """`hydra_files`: `begin` writes `.hydra/` (for a run Hydra did not launch)."""
         self.path, self.checkpoints = path, path / "checkpoints"
         self.cfg, self.overrides, self.group = cfg, overrides, group
+        self.hydra_files = hydra_files
         self.info: dict = {}
         self.last_record: dict = {}  # the newest record in metrics.jsonl when training starts
 
-    def open(self) -> Path | None:
-        """Check the directory (wiping it for train.overwrite=true); return the checkpoint to
-        resume from, if any. Writes nothing else: `begin` does, once the model has loaded."""
+    def open(self) -> list[int]:
+        """Check the directory (wiping it for train.overwrite=true); return the steps it can
+        resume from (ascending). Writes nothing else: `begin` does, once the model has loaded."""
         self.path.mkdir(parents=True, exist_ok=True)
         if self.cfg.train.overwrite:
             for name in ("checkpoints", "wandb"):
@@ -94,19 +107,22 @@ class RunDir:
             raise FileExistsError(
                 f"{self.path} holds a completed run (summary.json); pass train.overwrite=true to "
                 f"train it again from scratch, or choose another directory (hydra.run.dir=...)")
-        resume = checkpoint.resume_point(self.checkpoints) if self.checkpoints.exists() else None
+        resumable = checkpoint.resumable_steps(self.checkpoints)
         previous = read_json(self.path / "run.json")
-        if resume is not None and previous:
+        if resumable and previous:
             if changes := config_changes(previous["config"], dataclasses.asdict(self.cfg)):
                 raise ValueError(
                     f"{self.path} holds a run with a different config, which a resumed run must "
                     f"keep: {'; '.join(changes)}. Use the same settings to resume it, pass "
                     f"train.overwrite=true to start it over, or choose another directory")
             self.info = previous
-        return resume
+        return resumable
 
     def begin(self, resume: Path | None) -> None:
-        """Write run.json and drop the metrics recorded after the resumed checkpoint."""
+        """Write run.json (and `.hydra/` where asked), drop the metrics recorded after the
+        resumed checkpoint and the summary of the attempt before: the run is live again."""
+        if self.hydra_files:
+            write_hydra_files(self.path, self.cfg, self.overrides)
         if self.info:
             self.info["resumed"].append({"at": now(), "step": checkpoint.step_of(resume),
                                          "git": git_state(), "host": socket.gethostname(),
@@ -120,13 +136,15 @@ class RunDir:
         self.last_record = truncate_metrics(
             self.path / "metrics.jsonl", None if resume is None else checkpoint.step_of(resume))
         write_json(self.path / "run.json", self.info)
+        (self.path / "summary.json").unlink(missing_ok=True)
 
     def finish(self, model, status: str, error: str | None, step: int, total_steps: int,
-               tokens: int, wall_time_s: float, last: dict) -> dict:
+               tokens: int, wall_time_s: float, last: dict, diverged: bool = False) -> dict:
         """Write summary.json: sizes, compute, the last recorded metrics and how the run ended."""
         summary = {
             "status": status,
             "error": error,
+            "diverged": diverged,  # an ensemble resumes without a member that diverged
             "steps": step,
             "total_steps": total_steps,
             "tokens": tokens,
