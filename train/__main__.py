@@ -31,9 +31,11 @@ def one_gpu_per_job(job_num: int) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    one_gpu_per_job(hydra_cfg.job.num)  # before CUDA starts
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:  # a single run has no job number
+        one_gpu_per_job(hydra_cfg.job.num)  # before CUDA starts
     # A sweep's runs share a wandb group named after the sweep directory.
-    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    group = Path(hydra_cfg.sweep.dir).name if multirun else None
     return run(OmegaConf.to_object(cfg), hydra_cfg.runtime.output_dir,
                overrides=list(hydra_cfg.overrides.task), group=group)
 
