@@ -19,9 +19,10 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_train import RESUMABLE, ROOT, TINY, config, read, train, wait_for
+from test_train import RESUMABLE, ROOT, TINY, config, read, records, train, wait_for
 
 from analysis.runs import score
+from train.log import truncate_metrics
 from train.loop import run
 
 
@@ -33,10 +34,14 @@ def snapshot(root: Path) -> dict[str, bytes]:
 # --- bad configs ------------------------------------------------------------------------------
 
 
+KEEP_ALL = ["checkpoint.keep_state=all"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
+    """A completed run that kept state.pt in every checkpoint."""
     path = tmp_path_factory.mktemp("finished")
-    train(path)
+    train(path, *KEEP_ALL)
     return path
 
 
@@ -174,3 +179,54 @@ def test_online_without_an_answering_server_falls_back_to_offline_within_seconds
     assert time.monotonic() - started < 40  # wandb's own wait is 90 s
     (records,) = wandb_fragments(tmp_path)
     assert history_steps(records) == [0, 3, 6, 9, 12]
+
+
+# --- metrics.jsonl ----------------------------------------------------------------------------
+
+
+def test_a_kill_while_metrics_are_truncated_leaves_the_old_file(finished_run, tmp_path,
+                                                                  monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    shutil.copy(finished_run / "metrics.jsonl", path)
+    before = path.read_bytes()
+    real_write = Path.write_text
+
+    def killed_half_way(self, data, *args, **kwargs):
+        real_write(self, data[:len(data) // 2], *args, **kwargs)
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(Path, "write_text", killed_half_way)
+    with pytest.raises(SystemExit):
+        truncate_metrics(path, 4)
+    assert path.read_bytes() == before
+
+
+def crashed_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """The finished run as a crash after step 12 was logged, before its checkpoint was complete:
+    it resumes from step 4."""
+    path = tmp_path / "crashed"
+    shutil.copytree(finished_run, path)
+    (path / "summary.json").unlink()
+    shutil.rmtree(path / "checkpoints/step_0000012")
+    return path
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(
+        finished_run, tmp_path, caplog):
+    path = crashed_copy(finished_run, tmp_path)
+    with (path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 13, "tok')
+    with caplog.at_level(logging.WARNING, logger="train.log"):
+        train(path, *KEEP_ALL)
+    assert any(str(path / "metrics.jsonl") in r.getMessage() and "last line" in r.getMessage()
+               for r in caplog.records)
+    assert records(path) == records(finished_run)
+
+
+def test_an_unreadable_metrics_line_inside_the_file_is_an_error_naming_it(finished_run,
+                                                                         tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = (finished_run / "metrics.jsonl").read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=rf"{path}, line 2"):
+        truncate_metrics(path, 4)

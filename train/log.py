@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,13 +39,26 @@ SUMMARY_KEYS = ("status", "steps", "tokens", "params", "params_non_embedding", "
 
 def truncate_metrics(path: Path, last_step: int | None) -> dict:
     """Drop the records after `last_step` (all of them for None): a resumed run rewrites them.
-    Returns the last record kept ({} if none)."""
+    The file is replaced atomically (a kill leaves the old one or the new one). A torn last line
+    (a kill while it was written) is dropped with a warning; any other unreadable line is an
+    error naming the file. Returns the last record kept ({} if none)."""
     if not path.exists():
         return {}
-    keep = [] if last_step is None else [
-        line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step
-    ]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines, keep = path.read_text().splitlines(), []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not a JSON record ({e}); the run's "
+                                 f"records are damaged: repair or remove that line") from None
+            log.warning("%s: dropping its last line, written only in part: %r", path, line[:80])
+            break
+        if last_step is not None and record["step"] <= last_step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
     return json.loads(keep[-1]) if keep else {}
 
 
