@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from analysis import emergence, forecast, plots, transfer
 from analysis.report import log_to_wandb, markdown_table, write_report
 from analysis.runs import find_runs, score
@@ -35,6 +37,12 @@ def _steps(text: str) -> list[int]:
             f"--steps={text!r}: expected comma-separated integers, e.g. 100,200") from None
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--threads={text!r}: expected an integer >= 1")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
     parser.add_argument("dir", type=Path, help="a run directory or a Hydra multirun directory")
@@ -44,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"),
                         help="also log tables and figures to wandb (default disabled)")
     parser.add_argument("--out", type=Path, help="output directory (default <dir>/analysis)")
+    parser.add_argument("--threads", type=_threads, default=1,
+                        help="torch CPU threads (default 1: tiny models gain nothing from more, "
+                             "and several threads slow down badly when other work shares the "
+                             "cores)")
     parser.add_argument("--transfer", action="store_true",
                         help="learning-rate transfer across width from the runs' final losses")
     parser.add_argument("--forecast", action="store_true",
@@ -56,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
     out = args.out or args.dir / "analysis"
     try:
         runs = find_runs(args.dir)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 import models
 import tasks
@@ -197,9 +200,13 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
     csv = Path(out or Path(path) / "analysis") / "scores.csv"
     table = pd.read_csv(csv, dtype={"run": str}) if csv.exists() else pd.DataFrame()
     done = set(zip(table["run"], table["step"], strict=True)) if len(table) else set()
-    for run in runs:
-        todo = [s for s in _selected_steps(run, steps, last) if (run.name, s) not in done]
-        if not todo:
+    todo = {run.name: [s for s in _selected_steps(run, steps, last) if (run.name, s) not in done]
+            for run in runs}
+    total, finished, start = sum(map(len, todo.values())), 0, time.perf_counter()
+    # Progress over checkpoints: a bar on a terminal, else a log line per run.
+    bar = tqdm(total=total, unit="checkpoint", disable=not sys.stderr.isatty())
+    for number, run in enumerate(runs, start=1):
+        if not todo[run.name]:
             continue
         try:
             task = run.task(device)
@@ -207,7 +214,9 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
             log.warning("skipping %s: cannot build its task (%s)", run.path, e)
             continue
         scored = []
-        for step in todo:
+        bar.set_description(run.name)
+        for step in todo[run.name]:
+            bar.update()
             try:
                 model, meta = run.load_checkpoint(step, device)
             except Exception as e:  # any cause, e.g. a config too large to allocate
@@ -215,8 +224,13 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
                             type(e).__name__, e)
                 continue
             scored.append(_rows(run, step, model, meta, score_checkpoint(model, task)))
+        finished += len(todo[run.name])
+        if bar.disable:
+            log.info("run %d/%d %s: %d checkpoints scored (%d/%d, %.0f s)", number, len(runs),
+                     run.name, len(scored), finished, total, time.perf_counter() - start)
         if scored:
             table = pd.concat([t for t in (table, *scored) if len(t)], ignore_index=True)
             csv.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(csv, index=False)
+    bar.close()
     return table

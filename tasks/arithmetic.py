@@ -30,7 +30,7 @@ import einops
 import torch
 from torch import Tensor
 
-from tasks.base import Batch, Task, distinct_problems, require, split, stream_generator
+from tasks.base import EVAL_SIZE, Batch, Task, distinct_problems, require, split, stream_generator
 
 OPS = {"add": "+", "mul": "*"}
 
@@ -46,7 +46,7 @@ class ArithmeticConfig:
     zero_pad: bool = False  # operands padded with zeros to `digits`, answer to its widest
     train_size: int | None = None  # None: fresh problems every step; else a fixed pool
     test_fraction: float = 0.01  # share of all problems held out (by hash)
-    eval_size: int = 1000
+    eval_size: int | None = None  # None: every held-out problem, up to EVAL_SIZE
     ood_digits: int | None = None  # operands of this length in the out-of-distribution set
     seed: int = 0  # fixes the held-out split, the pool and the fixed sets
 
@@ -59,8 +59,9 @@ class ArithmeticConfig:
         require(0 < self.test_fraction < 1, "test_fraction", self.test_fraction,
                 "must be in (0, 1)")
         held_out = self.test_fraction * self.problems()
-        require(1 <= self.eval_size <= held_out, "eval_size", self.eval_size,
-                f"must be in [1, ~{math.floor(held_out)}] (the held-out problems: "
+        require(self.eval_size is None or 1 <= self.eval_size <= held_out, "eval_size",
+                self.eval_size, f"must be null (every held-out problem, up to "
+                f"{EVAL_SIZE:,}) or in [1, ~{math.floor(held_out)}] (the held-out problems: "
                 f"task.test_fraction x {self.problems()} problems)")
         if self.train_size is not None:
             available = self.problems() - math.ceil(held_out)
@@ -142,9 +143,9 @@ class Arithmetic(Task):
         self.hold_out(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size, cfg.problems())
         if cfg.ood_digits is not None:  # longer operands: never in training, so no hash needed
             anything = lambda problems: torch.ones(len(problems), dtype=torch.bool)
-            problems = distinct_problems(self.sample_ood, anything, cfg.eval_size,
+            problems = distinct_problems(self.sample_ood, anything, cfg.eval_size or EVAL_SIZE,
                                          stream_generator(cfg.seed, 3), "eval_size",
-                                         cfg.problems())
+                                         cfg.problems(), at_most=cfg.eval_size is None)
             self._ood = self.render(problems).to(self.device)
 
     def operand_pairs(self, n: int, generator: torch.Generator, width: int,

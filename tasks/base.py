@@ -22,6 +22,8 @@ from torch import Tensor
 # Hashes live in [0, _PRIME): a product of two residues stays below 2**62, so int64 never overflows.
 _PRIME = 2**31 - 1
 _BASE = 1_000_003
+# eval_size=None: every held-out problem, up to this many (and as many for the train-eval set).
+EVAL_SIZE = 1000
 
 
 @dataclass
@@ -110,12 +112,13 @@ def unique_rows(rows: Tensor) -> Tensor:
 
 def distinct_problems(
     sample: Sampler, keep: Callable[[Tensor], Tensor], n: int, generator: torch.Generator,
-    field: str, space: int,
+    field: str, space: int, at_most: bool = False,
 ) -> Tensor:
     """n distinct problems drawn from `sample` among those where `keep` holds, in random order
-    (host-side, for fixed sets). Raises naming `task.<field>` when fewer than n seem to exist:
-    three rounds in a row (of doubling size) that keep problems but find none new, or 256 draws
-    per problem of the whole space (`space` problems) without finding enough."""
+    (host-side, for fixed sets). Fewer than n seem to exist after three rounds in a row (of
+    doubling size) that keep problems but find none new, or 256 draws per problem of the whole
+    space (`space` problems): then raises naming `task.<field>`, or with `at_most` returns all
+    that were found."""
     found = sample(0, generator)  # no problems yet, of the right width
     stale, drawn, chunk = 0, 0, max(4 * n, 1024)
     while len(found) < n:
@@ -124,8 +127,11 @@ def distinct_problems(
         found = unique_rows(torch.cat([found, kept]))
         stale = stale + 1 if len(kept) and len(found) == before else 0
         drawn += chunk
-        require(len(found) >= n or (stale < 3 and drawn < min(2**27, 256 * space)), field, n,
-                f"found only {len(found)} distinct problems of this kind")
+        exhausted = len(found) < n and (stale >= 3 or drawn >= min(2**27, 256 * space))
+        if exhausted and at_most:
+            break
+        require(not exhausted, field, n, f"found only {len(found)} distinct problems of this "
+                f"kind; leave task.{field} unset (null) to take all of them")
         chunk = min(2 * chunk, 2**22)
     return found[torch.randperm(len(found), generator=generator)[:n]]
 
@@ -177,26 +183,32 @@ class Task:
     def render(self, problems: Tensor) -> Batch:
         raise NotImplementedError
 
-    def hold_out(self, seed: int, test_fraction: float, eval_size: int, train_size: int | None,
-                 space: int) -> None:
+    def hold_out(self, seed: int, test_fraction: float, eval_size: int | None,
+                 train_size: int | None, space: int) -> None:
         """Hold out the problems whose hash falls below test_fraction (the split is fixed by
-        `seed`), and build the fixed sets: eval_size distinct held-out problems; a pool of
+        `seed`), and build the fixed sets: eval_size distinct held-out problems (None: all of
+        them, up to EVAL_SIZE, so that small problem spaces work with the defaults); a pool of
         train_size distinct other problems (None: fresh problems every step); a train-eval set of
-        eval_size other problems (the pool's first ones if there is a pool). `space` is the number
+        as many other problems (the pool's first ones if there is a pool). `space` is the number
         of distinct problems there are."""
         self._seed, self._test_fraction = seed, test_fraction
         trainable = lambda problems: ~self.held_out(problems)
+        n = EVAL_SIZE if eval_size is None else eval_size
 
-        def fixed(keep, n, stream, field) -> Batch:
+        def fixed(keep, n, stream, field, at_most=False) -> Batch:
             generator = stream_generator(seed, stream)
-            return self.render(distinct_problems(self.sample, keep, n, generator, field, space))
+            return self.render(distinct_problems(self.sample, keep, n, generator, field, space,
+                                                 at_most))
 
-        self._eval = fixed(self.held_out, eval_size, 0, "eval_size").to(self.device)
+        self._eval = fixed(self.held_out, n, 0, "eval_size", eval_size is None).to(self.device)
+        require(len(self._eval) > 0, "test_fraction", test_fraction,
+                f"holds out none of the {space} problems; raise it")
         if train_size is None:
-            self._train_eval = fixed(trainable, eval_size, 2, "eval_size").to(self.device)
+            self._train_eval = fixed(trainable, n, 2, "eval_size", eval_size is None)
+            self._train_eval = self._train_eval.to(self.device)
         else:
             self._pool = fixed(trainable, train_size, 1, "train_size").to(self.device)
-            self._train_eval = self._pool[:eval_size]
+            self._train_eval = self._pool[:n]
 
     def held_out(self, problems: Tensor) -> Tensor:
         """[n] bool: which problems are kept for testing (see `hold_out`)."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import einops
 import torch
 
-from tasks.base import Batch, Task, require, split, stream_generator
+from tasks.base import EVAL_SIZE, Batch, Task, require, split, stream_generator
 
 
 @dataclass
@@ -132,7 +132,7 @@ class AssociativeRecallConfig:
     n_keys: int = 32  # key tokens k0..
     n_values: int = 32  # value tokens v0..
     test_fraction: float = 0.01  # share of all sequences held out (by hash)
-    eval_size: int = 1000
+    eval_size: int | None = None  # None: every held-out sequence, up to EVAL_SIZE
     seed: int = 0  # fixes the held-out split and the fixed sets
 
     def __post_init__(self):
@@ -145,8 +145,9 @@ class AssociativeRecallConfig:
         require(0 < self.test_fraction < 1, "test_fraction", self.test_fraction,
                 "must be in (0, 1)")
         held_out = self.test_fraction * self.problems()
-        require(1 <= self.eval_size <= held_out, "eval_size", self.eval_size,
-                f"must be in [1, ~{math.floor(held_out)}] (the held-out sequences)")
+        require(self.eval_size is None or 1 <= self.eval_size <= held_out, "eval_size",
+                self.eval_size, f"must be null (every held-out problem, up to "
+                f"{EVAL_SIZE:,}) or in [1, ~{math.floor(held_out)}] (the held-out sequences)")
 
     def problems(self) -> int:
         """Number of distinct sequences: ordered distinct keys, their values, the query."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tasks.base import Batch, Task, require, split, stream_generator
+from tasks.base import EVAL_SIZE, Batch, Task, require, split, stream_generator
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ParityConfig:
     zipf_exponent: float = 1.4  # task t drawn with probability ~ (t + 1)^-zipf_exponent
     train_size: int | None = None  # None: fresh bit strings every step; else a fixed pool
     test_fraction: float = 0.01  # share of all problems held out (by hash)
-    eval_size: int = 1000
+    eval_size: int | None = None  # None: every held-out problem, up to EVAL_SIZE
     seed: int = 0  # fixes the relevant bits, the held-out split and the fixed sets
 
     def __post_init__(self):
@@ -48,8 +48,9 @@ class ParityConfig:
         require(0 < self.test_fraction < 1, "test_fraction", self.test_fraction,
                 "must be in (0, 1)")
         held_out = self.test_fraction * self.problems()
-        require(1 <= self.eval_size <= held_out, "eval_size", self.eval_size,
-                f"must be in [1, ~{math.floor(held_out)}] (the held-out problems)")
+        require(self.eval_size is None or 1 <= self.eval_size <= held_out, "eval_size",
+                self.eval_size, f"must be null (every held-out problem, up to "
+                f"{EVAL_SIZE:,}) or in [1, ~{math.floor(held_out)}] (the held-out problems)")
         if self.train_size is not None:
             available = self.problems() - math.ceil(held_out)
             require(1 <= self.train_size <= available, "train_size", self.train_size,

@@ -419,6 +419,27 @@ def test_check_model_names_the_model_field(kind):
         task.check_model(task.seq_len, task.d_vocab - 1)
 
 
+@pytest.mark.parametrize("kind", ["arithmetic", "parity", "associative_recall"])
+def test_default_eval_set_is_every_held_out_problem_up_to_a_thousand(kind):
+    """eval_size unset: small problem spaces evaluate on all they hold out, large ones on 1,000."""
+    small = {"arithmetic": {"digits": 2}, "parity": {"n_bits": 12},
+             "associative_recall": {"n_pairs": 1, "n_keys": 8, "n_values": 8}}[kind]
+    task = tasks.build({"kind": kind, "test_fraction": 0.1, **small})
+    everything = task.sample(200_000, generator())
+    held_out = unique_rows(everything[task.held_out(everything)])
+    assert 0 < len(task.eval_set()) == len(held_out) < EVAL_SIZE
+    assert len(task.train_eval_set()) == min(EVAL_SIZE, 0.9 * task.cfg.problems()) or (
+        len(task.train_eval_set()) == EVAL_SIZE)
+    assert len(tasks.build({"kind": kind}).eval_set()) == EVAL_SIZE
+
+
+def test_one_digit_addition_builds_with_the_defaults():
+    task = tasks.build({"kind": "arithmetic", "digits": 1})  # 100 problems, ~1 held out
+    assert 1 <= len(task.eval_set()) <= 5 and len(task.train_eval_set()) >= 90
+    with pytest.raises(ValueError, match=r"task\.test_fraction=0\.001: holds out none"):
+        tasks.build({"kind": "arithmetic", "digits": 1, "test_fraction": 0.001})
+
+
 def test_long_operands_need_a_long_context():
     task = tasks.build({"kind": "arithmetic", "digits": 20, "ood_digits": 30, "eval_size": 8})
     assert task.seq_len == 2 * 30 + 2 + 31 + 1 - 1
@@ -433,7 +454,7 @@ BAD = [
     ({"kind": "arithmetic", "test_fraction": 0.0}, "task.test_fraction"),
     ({"kind": "arithmetic", "digits": 2, "train_size": 9999, "eval_size": 50},
      "task.train_size"),
-    ({"kind": "arithmetic", "digits": 2}, "task.eval_size"),  # 1% of 10^4 < 1000
+    ({"kind": "arithmetic", "digits": 2, "eval_size": 1000}, "task.eval_size"),  # 1% of 10^4
     ({"kind": "arithmetic", "ood_digits": 3}, "task.ood_digits"),
     ({"kind": "arithmetic", "digts": 3}, "task.digts"),
     ({"kind": "modular", "p": 100, "op": "div"}, "task.p"),

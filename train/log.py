@@ -2,7 +2,10 @@
 
 `RunLogger.log(record)` takes one flat dict per log/eval event (`step`, `tokens`, `flops`,
 `elapsed_s`, `train/...`, `eval/...`) and writes it everywhere. The console gets a tqdm bar when
-stderr is a terminal, else one plain line per record (readable in SLURM logs). wandb never
+stderr is a terminal, else plain lines at a log's rate (readable in SLURM logs): one per
+evaluation, and between them one every CONSOLE_FRACTION of the run or CONSOLE_INTERVAL_S,
+whichever comes first, plus the last step. In a sweep or an ensemble, bar and lines name the
+run (`run_label`: its sweep coordinates), so interleaved output says which run each line is from. wandb never
 prompts and never stops training: without credentials, or when the server does not answer
 within WANDB_INIT_TIMEOUT_S, `online` falls back to `offline`; any other wandb error is reported
 in one warning line, after which the run goes on without it.
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,6 +32,8 @@ from train.config import WandbConfig
 
 log = logging.getLogger(__name__)
 
+CONSOLE_FRACTION = 0.02  # without a terminal: a line per 2% of the run's steps,
+CONSOLE_INTERVAL_S = 30.0  # or per 30 s if that comes first, and one per evaluation
 WANDB_INIT_TIMEOUT_S = 8  # online mode on a node without network logs offline after this
 # Set once an online start timed out, so that the other runs of this process (an ensemble's
 # members) start offline at once.
@@ -77,6 +83,27 @@ def sweep_coordinates(config: dict, overrides: list[str]) -> dict:
     return coords
 
 
+# Overrides that do not tell one run of a sweep from another, left out of its console name.
+UNNAMED = ("hydra", "wandb.", "threads", "device", "compile", "train.overwrite")
+
+
+def run_label(config: dict, overrides: list[str], run_dir: Path) -> str:
+    """A sweep's run as the console names it: its sweep coordinates (`d_model=16 seed=1`, each
+    command-line override that sets a config key, named by its last component and valued as
+    the config resolved it), and for an ensemble's member its directory and seed."""
+    parts = {}
+    for override in overrides:
+        key, _, raw = override.lstrip("+~").partition("=")
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and not key.startswith(UNNAMED):
+            parts[key.rsplit(".", 1)[-1]] = raw if isinstance(value, dict) else value
+    if run_dir.name.startswith("member_"):
+        parts |= {run_dir.name: None, "seed": config.get("seed")}
+    return " ".join(k if v is None else f"{k}={v}" for k, v in parts.items()) or run_dir.name
+
+
 def key_metric(record: dict) -> tuple[str, float] | None:
     for name in ("eval/exact_match", "eval/loss"):
         if name in record:
@@ -84,8 +111,9 @@ def key_metric(record: dict) -> tuple[str, float] | None:
     return None
 
 
-def format_line(record: dict, total_steps: int, tokens_per_s: float) -> str:
-    parts = [f"step {record['step']}/{total_steps}"]
+def format_line(record: dict, total_steps: int, tokens_per_s: float, label: str = "") -> str:
+    parts = [f"[{label}] step {record['step']}/{total_steps}" if label
+             else f"step {record['step']}/{total_steps}"]
     if "train/loss" in record:
         parts.append(f"loss {record['train/loss']:.4f}")
     if (key := key_metric(record)) is not None:
@@ -106,10 +134,14 @@ class RunLogger:
         self.total_steps, self.start = total_steps, start
         self.logged_step = start.get("logged_step", -1)
         self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        # Named on the console where its lines mix with others': in a sweep or an ensemble.
+        self.label = run_label(config, overrides or [], run_dir) if group else ""
         self.bar, self.postfix = None, {}
+        # The console's last line: (step, time.monotonic()); None = nothing printed yet.
+        self.printed: tuple[int, float] | None = None
         if sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start["step"], unit="step",
-                            dynamic_ncols=True)
+                            desc=self.label, dynamic_ncols=True)
         self.wandb = None
         if cfg.mode != "disabled":
             self._guard(self._start_wandb, run_dir, cfg, run_id, config, group)
@@ -169,7 +201,9 @@ class RunLogger:
         elapsed = record["elapsed_s"] - self.start["elapsed_s"]
         tokens_per_s = (record["tokens"] - self.start["tokens"]) / max(elapsed, 1e-9)
         if self.bar is None:
-            log.info(format_line(record, self.total_steps, tokens_per_s))
+            if self.due(record):
+                log.info(format_line(record, self.total_steps, tokens_per_s, self.label))
+                self.printed = (record["step"], time.monotonic())
             return
         # The bar keeps the latest loss and key metric, which arrive in different records.
         self.postfix["tok/s"] = f"{tokens_per_s:.3g}"
@@ -179,6 +213,18 @@ class RunLogger:
             self.postfix[key[0]] = f"{key[1]:.4f}"
         self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(record["step"] - self.bar.n)
+
+    def due(self, record: dict) -> bool:
+        """Whether a record gets a console line without a terminal: the first, every
+        evaluation, the last step, and others once CONSOLE_FRACTION of the run or
+        CONSOLE_INTERVAL_S has passed since the last line."""
+        if self.printed is None or record["step"] >= self.total_steps:
+            return True
+        if any(key.startswith("eval/") for key in record):
+            return True
+        step, at = self.printed
+        return (record["step"] - step >= CONSOLE_FRACTION * self.total_steps
+                or time.monotonic() - at >= CONSOLE_INTERVAL_S)
 
     def close(self, summary: dict, ok: bool) -> None:
         self.metrics.close()
