@@ -5,10 +5,10 @@
 stderr is a terminal, else plain lines at a log's rate (readable in SLURM logs): one per
 evaluation, and between them one every CONSOLE_FRACTION of the run or CONSOLE_INTERVAL_S,
 whichever comes first, plus the last step. In a sweep or an ensemble, bar and lines name the
-run (`run_label`: its sweep coordinates), so interleaved output says which run each line is from. wandb never
-prompts and never stops training: without credentials, or when the server does not answer
-within WANDB_INIT_TIMEOUT_S, `online` falls back to `offline`; any other wandb error is reported
-in one warning line, after which the run goes on without it.
+run (`run_label`: its sweep coordinates), so interleaved output says which run each line is
+from. wandb never prompts and never stops training: without credentials, or when the server
+does not answer within WANDB_INIT_TIMEOUT_S, `online` falls back to `offline`; any other wandb
+error is reported in one warning line, after which the run goes on without it.
 
 Every record goes to wandb at its own `step`, and a resumed run does not send again the steps an
 earlier attempt already logged (`start["logged_step"]`), so the run's history, online or in the
