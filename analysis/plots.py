@@ -146,8 +146,7 @@ def grokking_curves(table: pd.DataFrame, title: str = "") -> Figure:
     fig = Figure(figsize=(6.4 * (1 + measures), 4.4), layout="constrained")
     ax, *more = fig.subplots(1, 1 + measures, squeeze=False)[0]
     if measures:
-        progress.draw(more[0], table)
-        _set_log_x(more[0], table.index)
+        progress.draw(more[0], table)  # linear steps: the lead reads as a distance
     for column, label in (("train_eval/exact_match", "train"), ("eval/exact_match", "test")):
         if column in table:
             curve = table[column].dropna()

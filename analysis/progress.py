@@ -148,13 +148,21 @@ def lead(curve: pd.DataFrame, memorized: float = 0.99, generalized: float = 0.95
 
 
 def draw(ax, table: pd.DataFrame) -> None:
-    """Training, restricted and excluded loss against step on `ax` (log y)."""
+    """Training, restricted and excluded loss against step on `ax` (log y), with the steps
+    where restricted loss has halved and where test accuracy reaches 0.95 (`lead`) marked."""
     for column, label, style in (("train_eval/loss", "train loss", "-"),
                                  ("restricted_loss", "restricted loss", "-"),
                                  ("excluded_loss", "excluded loss", "--")):
         if column in table:
             curve = table[column].dropna()
             ax.plot(curve.index, curve.to_numpy(), style, label=label)
+    if {"train_eval/exact_match", "eval/exact_match", "excluded_loss"} <= set(table.columns):
+        events = lead(table[table["restricted_loss"].notna()])
+        for step, label, color in ((events["restricted_halved_step"], "restricted loss halved",
+                                    "C1"), (events["generalization_step"],
+                                            "test accuracy 0.95", "black")):
+            if math.isfinite(step):
+                ax.axvline(step, color=color, ls=":", label=f"{label} (step {step:.0f})")
     ax.set(yscale="log", xlabel="step", ylabel="loss on training pairs",
            title="progress measures (Nanda et al. 2023)")
     ax.legend(fontsize="small")
