@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from analysis import emergence, forecast, plots, transfer
+from analysis import emergence, forecast, plots, slices, transfer
 from analysis.report import log_to_wandb, markdown_table, write_report
 from analysis.runs import find_runs, score
 
@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         log.error("no checkpoint under %s could be scored", args.dir)
         return 1
+    by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
     summary = emergence.summarize(df)
     summary.to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
-    sections = []
+    sections = [s for s in [slices.errors_section(by_slice, markdown_table)] if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])
     if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):
         try:

@@ -1,4 +1,4 @@
-"""Mechanistic progress measures, and `score_checkpoint`, which assembles every score of a model.
+"""Mechanistic progress measures (`analysis.scoring` registers them as probes).
 
 - Induction heads (Olsson et al. 2022): prefix-matching and previous-token scores per head from
   the attention patterns, the in-context-learning score and the loss on repeated tokens.
@@ -14,9 +14,7 @@ import torch
 from einops import rearrange, reduce
 from torch import Tensor
 
-from analysis import metrics, progress
-from analysis.evaluate import Outputs, evaluate
-from tasks.modular import Modular
+from analysis.evaluate import Outputs
 
 POSITION_PREFIX = "answer_position/logprob/"  # eval set, per answer position, for forecasts
 
@@ -136,46 +134,3 @@ def fourier_embedding(model, p: int, n_key: int = 5) -> dict:
         "key_frequencies": sorted(top.tolist()),
         "top_fraction": (per_freq[top].sum() / per_freq.sum()).item(),
     }
-
-
-def _fixed_sets(task) -> dict:
-    sets = {"eval": task.eval_set(), "train_eval": task.train_eval_set(), "ood": task.ood_set()}
-    return {name: batch for name, batch in sets.items() if batch is not None and len(batch)}
-
-
-def score_checkpoint(model, task) -> dict[str, float]:
-    """Every score that applies to `model` on `task`: `metrics.compute` on the eval, train_eval
-    and ood sets (prefixed `eval/`, `train_eval/`, `ood/`); induction measures when the eval
-    set marks induction targets (`attend`); grokking measures for modular addition."""
-    scores, outputs = {}, {}
-    for name, batch in _fixed_sets(task).items():
-        outputs[name] = evaluate(model, task, batch)
-        scores |= {f"{name}/{k}": v for k, v in metrics.compute(outputs[name]).items()}
-
-    if "eval" in outputs and outputs["eval"].answer is not None:  # per-position forecasts
-        by_position = metrics.answer_logprob_by_position(outputs["eval"])
-        scores |= {f"{POSITION_PREFIX}{i}": v for i, v in enumerate(by_position.tolist())}
-
-    eval_set = task.eval_set()
-    if eval_set.attend is not None and "eval" in outputs:
-        heads = head_scores(model, eval_set)
-        matching = heads["prefix_matching"]
-        for layer, row in enumerate(matching.tolist()):
-            for head, value in enumerate(row):
-                scores[f"prefix_matching/L{layer}H{head}"] = value
-        scores["prefix_matching_max"] = matching.max().item()
-        scores["previous_token_max"] = heads["previous_token"].max().item()
-        scores["icl_score"] = icl_score(outputs["eval"])
-        scores["induction_loss"] = induction_loss(outputs["eval"])
-
-    if isinstance(task, Modular):
-        scores["weight_norm"] = weight_norm(model)
-        # Train accuracy minus test accuracy: ~1 while memorized, ~0 once grokked.
-        gap = scores["train_eval/exact_match"] - scores.get("eval/exact_match", float("nan"))
-        scores["train_test_gap"] = gap
-        if task.cfg.op == "add":  # the Fourier circuit is the known algorithm for addition
-            scores["fourier_top_fraction"] = fourier_embedding(model, task.cfg.p)["top_fraction"]
-    if progress.applies(task):
-        scores |= progress.progress_measures(model, task)
-    return scores
-

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import models
 import tasks
-from analysis.mechanistic import score_checkpoint
+from analysis import scoring, slices
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ def _rows(run: Run, step: int, model, meta: dict, scores: dict[str, float]) -> p
     common = {"run": run.name, **run.coords, "params": model.num_params(),
               "non_embedding_params": model.num_params(non_embedding=True), "step": step,
               "tokens": meta.get("tokens"), "flops": meta.get("flops")}
-    return pd.DataFrame([{**common, "metric": k, "value": v} for k, v in scores.items()])
+    return pd.DataFrame([{**common, "metric": metric, "slice": part, "value": v}
+                         for k, v in scores.items() for metric, part in [slices.split_key(k)]])
 
 
 def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
@@ -199,6 +200,8 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
         raise ValueError(f"no runs under {path}: no directory with .hydra/config.yaml")
     csv = Path(out or Path(path) / "analysis") / "scores.csv"
     table = pd.read_csv(csv, dtype={"run": str}) if csv.exists() else pd.DataFrame()
+    if len(table) and "slice" not in table:  # written before metrics were sliced
+        table["slice"] = slices.ALL
     done = set(zip(table["run"], table["step"], strict=True)) if len(table) else set()
     todo = {run.name: [s for s in _selected_steps(run, steps, last) if (run.name, s) not in done]
             for run in runs}
@@ -223,7 +226,7 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
                 log.warning("skipping checkpoint %s: %s: %s", run.checkpoint_path(step),
                             type(e).__name__, e)
                 continue
-            scored.append(_rows(run, step, model, meta, score_checkpoint(model, task)))
+            scored.append(_rows(run, step, model, meta, scoring.score(model, task)))
         finished += len(todo[run.name])
         if bar.disable:
             log.info("run %d/%d %s: %d checkpoints scored (%d/%d, %.0f s)", number, len(runs),

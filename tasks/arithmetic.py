@@ -96,13 +96,34 @@ def add_digits(a: Tensor, b: Tensor) -> Tensor:
     return propagate_carry(torch.nn.functional.pad(a + b, (0, 1)))
 
 
-def mul_digits(a: Tensor, b: Tensor) -> Tensor:
-    """[n, w] x [n, w] digits, least significant first -> [n, 2w]: convolve, then carry."""
+def partial_products(a: Tensor, b: Tensor) -> Tensor:
+    """[n, w] x [n, w] digits -> column sums [n, 2w] of the partial products, sum_{i+j=k} a_i b_j."""
     width = a.shape[1]
     columns = a.new_zeros(a.shape[0], 2 * width)
     for i in range(width):
         columns[:, i : i + width] += a[:, i : i + 1] * b
-    return propagate_carry(columns)
+    return columns
+
+
+def mul_digits(a: Tensor, b: Tensor) -> Tensor:
+    """[n, w] x [n, w] digits, least significant first -> [n, 2w]: convolve, then carry."""
+    return propagate_carry(partial_products(a, b))
+
+
+def carries(a: Tensor, b: Tensor) -> Tensor:
+    """[n] number of columns of a + b (digits [n, w], least significant first) that carry
+    into the next one: 999 + 1 has 3."""
+    count, carry = torch.zeros_like(a[:, 0]), torch.zeros_like(a[:, 0])
+    for column in (a + b).unbind(1):
+        carry = (column + carry) // 10
+        count += carry
+    return count
+
+
+def nonzero_columns(a: Tensor, b: Tensor) -> Tensor:
+    """[n] number of partial-product columns of a x b that are not zero: the columns the long
+    multiplication must add up (12 x 11 has 3, 100 x 5 has 1)."""
+    return (partial_products(a, b) != 0).sum(1)
 
 
 def significant_length(digits: Tensor) -> Tensor:
@@ -139,6 +160,7 @@ class Arithmetic(Task):
         self.answer_len = answer_width(cfg.op, widest) + 1
         self.seq_len = self.prompt_len + self.answer_len - 1
         self.loss_start = self.prompt_len - 1
+        self.main_attribute = "carries" if cfg.op == "add" else "nonzero_columns"
 
         self.hold_out(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size, cfg.problems())
         if cfg.ood_digits is not None:  # longer operands: never in training, so no hash needed
@@ -146,7 +168,7 @@ class Arithmetic(Task):
             problems = distinct_problems(self.sample_ood, anything, cfg.eval_size or EVAL_SIZE,
                                          stream_generator(cfg.seed, 3), "eval_size",
                                          cfg.problems(), at_most=cfg.eval_size is None)
-            self._ood = self.render(problems).to(self.device)
+            self._ood = self.render_fixed(problems).to(self.device)
 
     def operand_pairs(self, n: int, generator: torch.Generator, width: int,
                       shortest: int | None) -> Tensor:
@@ -188,6 +210,16 @@ class Arithmetic(Task):
                                     self.pad_token, self.answer_len, left=False)
         counted = torch.cat([torch.zeros_like(prompt, dtype=torch.bool), answer_valid], 1)
         return split(torch.cat([prompt, answer], 1), counted)
+
+    def attributes(self, problems: Tensor) -> dict[str, Tensor]:
+        """Operand lengths `len_a`, `len_b`, the answer's `answer_len` (digits, without leading
+        zeros) and `carries` (add) or `nonzero_columns` (mul)."""
+        a, b = problems.chunk(2, dim=1)
+        add = self.cfg.op == "add"
+        answer = add_digits(a, b) if add else mul_digits(a, b)
+        return {"len_a": significant_length(a), "len_b": significant_length(b),
+                "answer_len": significant_length(answer),
+                self.main_attribute: carries(a, b) if add else nonzero_columns(a, b)}
 
     def written(self, digits: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
         """Digits (least significant first) in writing order, and which of them are written."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -32,17 +32,22 @@ class Batch:
     targets: Tensor  # [B, T] int64, next token at each position
     mask: Tensor  # [B, T] bool, positions counted by loss and metrics
     attend: Tensor | None = None  # [B, T] int64, induction target position per query, -1 = none
+    # Per-example integer attributes of the fixed sets ({name: [B] int64}, e.g. "carries"): the
+    # slices metrics are broken down by (see Task.attributes).
+    attributes: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, rows) -> Batch:
         attend = None if self.attend is None else self.attend[rows]
-        return Batch(self.tokens[rows], self.targets[rows], self.mask[rows], attend)
+        return Batch(self.tokens[rows], self.targets[rows], self.mask[rows], attend,
+                     {name: value[rows] for name, value in self.attributes.items()})
 
     def to(self, device: torch.device | str) -> Batch:
         attend = None if self.attend is None else self.attend.to(device)
-        return Batch(self.tokens.to(device), self.targets.to(device), self.mask.to(device), attend)
+        return Batch(self.tokens.to(device), self.targets.to(device), self.mask.to(device), attend,
+                     {name: value.to(device) for name, value in self.attributes.items()})
 
 
 def split(seq: Tensor, counted: Tensor, attend: Tensor | None = None) -> Batch:
@@ -164,6 +169,7 @@ class Task:
     loss_start: int = 0
     pad_token: int | None = None  # left out by decode
     sep: str = ""  # printed between token strings
+    main_attribute: str | None = None  # the attribute whose slices training logs
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -183,22 +189,33 @@ class Task:
     def render(self, problems: Tensor) -> Batch:
         raise NotImplementedError
 
+    def attributes(self, problems: Tensor) -> dict[str, Tensor]:
+        """Per-problem integer attributes {name: [n] int64} that matter for the skill (operand
+        lengths, carries, ...), attached to the fixed sets `hold_out` builds; none by default."""
+        return {}
+
+    def render_fixed(self, problems: Tensor) -> Batch:
+        """A fixed set: the rendered problems with their attributes."""
+        batch = self.render(problems)
+        batch.attributes = self.attributes(problems)
+        return batch
+
     def hold_out(self, seed: int, test_fraction: float, eval_size: int | None,
                  train_size: int | None, space: int) -> None:
         """Hold out the problems whose hash falls below test_fraction (the split is fixed by
         `seed`), and build the fixed sets: eval_size distinct held-out problems (None: all of
         them, up to EVAL_SIZE, so that small problem spaces work with the defaults); a pool of
         train_size distinct other problems (None: fresh problems every step); a train-eval set of
-        as many other problems (the pool's first ones if there is a pool). `space` is the number
-        of distinct problems there are."""
+        as many other problems (the pool's first ones if there is a pool). Each set carries its
+        problems' `attributes`. `space` is the number of distinct problems there are."""
         self._seed, self._test_fraction = seed, test_fraction
         trainable = lambda problems: ~self.held_out(problems)
         n = EVAL_SIZE if eval_size is None else eval_size
 
         def fixed(keep, n, stream, field, at_most=False) -> Batch:
             generator = stream_generator(seed, stream)
-            return self.render(distinct_problems(self.sample, keep, n, generator, field, space,
-                                                 at_most))
+            return self.render_fixed(distinct_problems(self.sample, keep, n, generator, field,
+                                                       space, at_most))
 
         self._eval = fixed(self.held_out, n, 0, "eval_size", eval_size is None).to(self.device)
         require(len(self._eval) > 0, "test_fraction", test_fraction,

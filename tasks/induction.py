@@ -75,6 +75,7 @@ class InductionConfig:
 
 class Induction(Task):
     sep = " "
+    main_attribute = "segment"
 
     def __init__(self, cfg: InductionConfig, device: torch.device | str = "cpu"):
         super().__init__(device)
@@ -122,7 +123,8 @@ class Induction(Task):
         query = position[:, :-1]  # model input positions
         counted = (query >= offset + segment) & (query <= offset + cfg.copies * segment - 2)
         attend = torch.where(counted, query - segment + 1, -1)
-        return Batch(seq[:, :-1], seq[:, 1:], counted, attend)
+        attributes = {"segment": segment[:, 0], "offset": offset[:, 0]}
+        return Batch(seq[:, :-1], seq[:, 1:], counted, attend, attributes)
 
 
 @dataclass
@@ -157,6 +159,7 @@ class AssociativeRecallConfig:
 class AssociativeRecall(Task):
     sep = " "
     answer_len = 1
+    main_attribute = "query_position"
 
     def __init__(self, cfg: AssociativeRecallConfig, device: torch.device | str = "cpu"):
         super().__init__(device)
@@ -176,6 +179,11 @@ class AssociativeRecall(Task):
         query = torch.randint(cfg.n_pairs, (n, 1), generator=generator, device=device)
         pairs = einops.rearrange([keys, values], "kv n pair -> n (pair kv)")
         return torch.cat([pairs, keys.gather(1, query), values.gather(1, query)], 1)
+
+    def attributes(self, problems: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`query_position`: which pair (0 = first) the query asks for."""
+        keys = problems[:, : -2 : 2]
+        return {"query_position": (keys == problems[:, -2:-1]).int().argmax(1)}
 
     def render(self, problems: torch.Tensor) -> Batch:
         counted = torch.zeros_like(problems, dtype=torch.bool)

@@ -68,6 +68,7 @@ class Parity(Task):
         super().__init__(device)
         self.cfg = cfg
         multitask = cfg.n_tasks > 1
+        self.main_attribute = "subtask" if multitask else "parity"
         self.vocab = ["0", "1", "="] + ([f"[{t}]" for t in range(cfg.n_tasks)] if multitask else [])
         self.eq_token = 2
         self.prompt_len = self.seq_len = multitask + cfg.n_bits + 1
@@ -95,9 +96,18 @@ class Parity(Task):
         bits = torch.randint(2, (n, self.cfg.n_bits), generator=generator, device=device)
         return torch.cat([task[:, None], bits], 1)
 
+    def label(self, problems: Tensor) -> Tensor:
+        """[n, 1] the parity of each problem's relevant bits."""
+        task, bits = problems[:, 0], problems[:, 1:]
+        return (bits * self._bits_mask.to(bits.device)[task]).sum(1, keepdim=True) % 2
+
+    def attributes(self, problems: Tensor) -> dict[str, Tensor]:
+        """`subtask` (the task id, 0 without multitask) and the answer `parity` bit."""
+        return {"subtask": problems[:, 0], "parity": self.label(problems)[:, 0]}
+
     def render(self, problems: Tensor) -> Batch:
         task, bits = problems[:, 0], problems[:, 1:]
-        label = (bits * self._bits_mask.to(bits.device)[task]).sum(1, keepdim=True) % 2
+        label = self.label(problems)
         parts = [bits, torch.full_like(label, self.eq_token), label]
         if self.cfg.n_tasks > 1:
             parts.insert(0, task[:, None] + 3)  # task tokens follow "0", "1", "="

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 import models
 import tasks
-from analysis import emergence, mechanistic, metrics, plots, runs
+from analysis import emergence, mechanistic, metrics, plots, runs, scoring
 from analysis.__main__ import main
 from analysis.evaluate import Outputs, evaluate
 from tasks import Batch
@@ -260,7 +260,7 @@ def test_score_checkpoint_adds_induction_measures_near_chance_at_initialization(
     model = models.GPT(models.GPTConfig(d_vocab=len(task.vocab), n_ctx=task.seq_len,
                                         d_model=16, n_layers=2, n_heads=2, attn_only=True,
                                         norm="none"))
-    scores = mechanistic.score_checkpoint(model, task)
+    scores = scoring.score(model, task)
     attend = task.eval_set().attend
     query = torch.arange(attend.shape[1]).expand_as(attend)[attend >= 0]
     uniform = (1 / (query + 1)).double().mean().item()
@@ -499,11 +499,13 @@ def sweep(built_sweep, tmp_path):
 def counted_scoring(monkeypatch):
     calls = []
 
+    real = scoring.score
+
     def counting(model, task):
         calls.append(model)
-        return mechanistic.score_checkpoint(model, task)
+        return real(model, task)
 
-    monkeypatch.setattr(runs, "score_checkpoint", counting)
+    monkeypatch.setattr(scoring, "score", counting)
     return calls
 
 
@@ -548,7 +550,7 @@ def test_cli_scores_a_sweep_writes_report_and_rescoring_is_incremental(
 def test_scores_match_scoring_the_checkpoint_directly(sweep):
     df = runs.score(sweep, last=True)
     run = runs.find_runs(sweep)[1]
-    direct = mechanistic.score_checkpoint(run.load_model(), run.task())
+    direct = scoring.score(run.load_model(), run.task())
     rows = df[(df["run"] == "1") & (df["metric"] == "eval/loss")]
     assert list(rows["step"]) == [max(STEPS)]
     assert rows["value"].item() == pytest.approx(direct["eval/loss"])
