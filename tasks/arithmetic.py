@@ -97,7 +97,7 @@ def add_digits(a: Tensor, b: Tensor) -> Tensor:
 
 
 def partial_products(a: Tensor, b: Tensor) -> Tensor:
-    """[n, w] x [n, w] digits -> column sums [n, 2w] of the partial products, sum_{i+j=k} a_i b_j."""
+    """[n, w] x [n, w] digits -> [n, 2w] column sums of partial products: sum_{i+j=k} a_i b_j."""
     width = a.shape[1]
     columns = a.new_zeros(a.shape[0], 2 * width)
     for i in range(width):

@@ -36,7 +36,7 @@ def test_carries_count_the_columns_whose_sum_overflows(a, b):
 
 
 def test_addition_attributes_match_the_problems_they_describe():
-    task = tasks.build({"kind": "addition", "digits": 3, "min_digits": 1, "eval_size": 300})
+    task = tasks.build({"kind": "arithmetic", "digits": 3, "min_digits": 1, "eval_size": 300})
     problems = task.sample(500, torch.Generator().manual_seed(0))
     attributes = task.attributes(problems)
     a, b = problems.chunk(2, dim=1)
@@ -52,9 +52,9 @@ def test_addition_attributes_match_the_problems_they_describe():
 
 
 @pytest.mark.parametrize("spec", [
-    {"kind": "addition", "digits": 2, "min_digits": 1, "eval_size": 200},
-    {"kind": "multiplication", "digits": 2, "min_digits": 1, "eval_size": 200},
-    {"kind": "parity", "n_bits": 8, "k": 3, "n_tasks": 4, "eval_size": 200},
+    {"kind": "arithmetic", "digits": 2, "min_digits": 1, "test_fraction": 0.05},
+    {"kind": "arithmetic", "op": "mul", "digits": 2, "min_digits": 1, "test_fraction": 0.05},
+    {"kind": "parity", "n_bits": 8, "k": 3, "n_tasks": 4, "test_fraction": 0.2},
     {"kind": "associative_recall", "eval_size": 200},
 ])
 def test_slices_partition_the_eval_set_and_their_table_counts_add_up(spec):
@@ -84,7 +84,7 @@ def scoring_config(task):
 
 
 def test_score_names_slices_and_logs_only_the_main_attribute_in_training():
-    task = tasks.build({"kind": "addition", "digits": 2, "min_digits": 1, "eval_size": 200})
+    task = tasks.build({"kind": "arithmetic", "digits": 2, "min_digits": 1, "test_fraction": 0.05})
     model = GPT(scoring_config(task))
     everything = scoring.score(model, task)
     main = scoring.score(model, task, slices_of="main")

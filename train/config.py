@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import MISSING
 
+from analysis import scoring
 from models import GPT, GPTConfig
 
 SCHEDULES = ("cosine", "constant", "linear")
@@ -51,8 +52,11 @@ class TrainConfig:
     ensemble: int = 1
     ensemble_lr: list[float] | None = None
     ensemble_weight_decay: list[float] | None = None
+    # Probes (analysis.scoring.PROBES, e.g. [prefix_matching]) scored at every evaluation too.
+    eval_probes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        scoring.check_probes(self.eval_probes, "train.eval_probes")
         _check(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
         _check(self.ensemble >= 1, "train.ensemble", self.ensemble, "must be >= 1")
         for key in ("ensemble_lr", "ensemble_weight_decay"):

@@ -5,7 +5,7 @@ Per step: a batch from the task on the device, masked next-token cross-entropy, 
 warmup and a cosine/linear/constant schedule, gradient clipping. Nothing leaves the device
 between log steps: the loss and gradient norm are summed there and read (one host sync) only
 when a record is written or a checkpoint saved. Evaluation scores the task's fixed sets with
-`analysis.evaluate` + `analysis.metrics`, the same functions `python -m analysis` uses.
+`analysis.scoring.score`, the entry `python -m analysis` uses.
 
 A plain run and an ensemble go through the same loop and the same bookkeeping
 (`train.state`); they differ only in the update: `PlainUpdate` below steps one model with
@@ -107,7 +107,8 @@ def checkpoint_runs(runs: list[RunState], update, progress: Progress, task: task
             run.finish(progress, "failed", diverged=e)
             continue
         if at_log:
-            run.record(progress, scores(run.model, task, autocast) if at_eval else {})
+            probes = cfg.train.eval_probes
+            run.record(progress, scores(run.model, task, autocast, probes) if at_eval else {})
         if at_save:
             run.save(progress, update.optimizer_state(i))
             saved.append(run)

@@ -29,8 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 import tasks
-from analysis.evaluate import evaluate
-from analysis.metrics import compute
+from analysis import scoring
 from models import GPT, GPTConfig, load_model
 from train import checkpoint
 from train.config import Config, OptimConfig
@@ -65,16 +64,11 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tenso
     return (ce * weight).sum() / weight.sum().clamp(min=1)
 
 
-def scores(model: GPT, task: tasks.Task, autocast) -> dict[str, float]:
-    """eval/, train_eval/ and ood/ metrics of the current model."""
-    sets = {"eval": task.eval_set(), "train_eval": task.train_eval_set(), "ood": task.ood_set()}
-    result = {}
-    for prefix, batch in sets.items():
-        if batch is not None:
-            with autocast():
-                outputs = evaluate(model, task, batch)
-            result.update({f"{prefix}/{name}": v for name, v in compute(outputs).items()})
-    return result
+def scores(model: GPT, task: tasks.Task, autocast, probes: list[str]) -> dict[str, float]:
+    """The metrics of the current model on the task's fixed sets (with exact match per slice of
+    the task's main attribute) and the `probes` asked for: `analysis.scoring.score`, the entry
+    `python -m analysis` uses too."""
+    return scoring.score(model, task, probes=probes, slices_of="main", autocast=autocast)
 
 
 class TrainStats:
