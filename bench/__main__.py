@@ -1,7 +1,7 @@
 """Command line: run the benchmarks, print their tables and update bench/RESULTS.md.
 
     python -m bench                          # everything (~15 min on 2 CPU cores), one thread
-    python -m bench --only train,data        # some of train, data, score, sweep
+    python -m bench --only train,data        # some of train, hooks, data, score, sweep
     python -m bench --quick                  # a fast smoke run: printed, not written
     python -m bench --threads 2 --out /tmp/results.md
 
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from bench import data_speed, score_speed, sweep_speed, train_speed
+from bench import data_speed, hooks_speed, score_speed, sweep_speed, train_speed
 from bench.timing import machine
 
-BENCHMARKS = {"train": train_speed, "data": data_speed, "score": score_speed,
-              "sweep": sweep_speed}
+BENCHMARKS = {"train": train_speed, "hooks": hooks_speed, "data": data_speed,
+              "score": score_speed, "sweep": sweep_speed}
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 

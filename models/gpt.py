@@ -6,8 +6,10 @@ blocks, tied embeddings, standard or muP parametrization. Three forward paths sh
 
 - training path, `model(tokens, start=0)`: attention through `F.scaled_dot_product_attention`;
   `start` drops the final layer's work on positions whose logits nobody reads;
-- inspection path, `model(tokens, cache=True)`: the same computation with attention patterns
-  computed explicitly and activations recorded under TransformerLens hook names;
+- inspection path, `model(tokens, cache=True)` and/or `model(tokens, hooks={name: fn})`: the
+  same computation with activations recorded and/or replaced at TransformerLens hook points
+  (models/hooks.py lists them and builds ablations and patches); attention is computed
+  explicitly where its pattern is read, through SDPA everywhere else;
 - decoding path, `model(tokens, past=kv)` with a `KVCache`: the tokens continue the positions
   already in `kv`, attend to their stored keys and values and append their own, so greedy
   generation costs one position per new token.
@@ -25,6 +27,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from models.config import GPTConfig
+from models.hooks import Hook, HookPoints, check_names, hook_names
 from models.ladder import flops_per_token
 
 
@@ -104,11 +107,12 @@ class Attention(nn.Module):
         # its square root (Yang et al. 2022, Tensor Programs V, Sec. 4).
         self.scale = 1 / cfg.d_head if cfg.parametrization == "mup" else 1 / math.sqrt(cfg.d_head)
 
-    def forward(self, x: Tensor, start: int, cache: dict | None, name: str,
+    def forward(self, x: Tensor, start: int, hooks: HookPoints | None, name: str,
                 past: KVCache | None = None, layer: int = 0) -> Tensor:
         """x [B, T, d_model] -> [B, T - start, d_model]: queries at positions >= start only,
-        keys and values at every position. With `cache`, stores the pattern under `name`; with
-        `past`, x continues the `past.len` positions stored there (this is layer `layer`)."""
+        keys and values at every position. `hooks` sees `name` + attn.hook_pattern,
+        attn.hook_z and hook_attn_out; with `past`, x continues the `past.len` positions stored
+        there (this is layer `layer`)."""
         q = rearrange(self.q(x[:, start:]), "b q (h d) -> b h q d", h=self.n_heads)
         k, v = rearrange(self.kv(x), "b k (two h d) -> two b h k d", two=2, h=self.n_heads)
         offset = 0 if past is None else past.len
@@ -118,11 +122,12 @@ class Attention(nn.Module):
             k, v = past.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         T = x.shape[1]
-        if cache is None and start == 0 and offset == 0:
+        explicit = hooks is not None and hooks.wants(name + "attn.hook_pattern")
+        if not explicit and start == 0 and offset == 0:
             z = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale
             )
-        elif cache is None and past is not None and start == T - 1:
+        elif not explicit and past is not None and start == T - 1:
             # A decoding step: one query, the newest position, which sees every key.
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         else:
@@ -131,16 +136,20 @@ class Attention(nn.Module):
             # keys 0..offset + start + i.
             causal = torch.ones(T, offset + T, dtype=torch.bool, device=x.device)
             causal = causal.tril(diagonal=offset)[start:]  # [Q, K]
-            if cache is None:
+            if not explicit:
                 z = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=causal, dropout_p=dropout, scale=self.scale
                 )
             else:
                 scores = einsum(q, k, "b h q d, b h k d -> b h q k") * self.scale
                 pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-                cache[name] = pattern
+                pattern = hooks(name + "attn.hook_pattern", pattern)
                 z = F.dropout(pattern, dropout) @ v
-        return self.out(rearrange(z, "b h q d -> b q (h d)"))
+        z = z.transpose(1, 2)  # [B, Q, H, D]
+        if hooks is None:
+            return self.out(z.flatten(2))
+        z = hooks(name + "attn.hook_z", z)
+        return hooks(name + "hook_attn_out", self.out(z.flatten(2)))
 
 
 class MLP(nn.Module):
@@ -162,19 +171,17 @@ class Block(nn.Module):
         self.mlp = None if cfg.attn_only else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, start: int, cache: dict | None, name: str,
+    def forward(self, x: Tensor, start: int, hooks: HookPoints | None, name: str,
                 past: KVCache | None = None, layer: int = 0) -> Tensor:
-        """x [B, T, d_model] -> [B, T - start, d_model]; records into `cache` if given, reads and
-        extends `past` if given."""
-        if cache is not None:
-            cache[name + "hook_resid_pre"] = x
-        attn = self.attn(self.ln1(x), start, cache, name + "attn.hook_pattern", past, layer)
+        """x [B, T, d_model] -> [B, T - start, d_model]; passes through the hook points under
+        `name` (blocks.{i}.) if `hooks` is given, reads and extends `past` if given."""
+        point = (lambda _, t: t) if hooks is None else hooks
+        x = point(name + "hook_resid_pre", x)
+        attn = self.attn(self.ln1(x), start, hooks, name, past, layer)
         x = x[:, start:] + self.drop(attn)
         if self.mlp is not None:
-            x = x + self.drop(self.mlp(self.ln2(x)))
-        if cache is not None:
-            cache[name + "hook_resid_post"] = x
-        return x
+            x = x + self.drop(point(name + "hook_mlp_out", self.mlp(self.ln2(x))))
+        return point(name + "hook_resid_post", x)
 
 
 def param_kind(name: str, p: Tensor) -> str:
@@ -222,19 +229,26 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=cfg.init_std)
             p.mul_(cfg.init_scale)  # Omnigrok scales every initial weight (Liu et al. 2023)
 
-    def forward(
-        self, tokens: Tensor, start: int = 0, cache: bool = False, past: KVCache | None = None
-    ):
-        """tokens [B, T] int64 -> logits [B, T - start, d_vocab]; with cache=True, returns
-        (logits, cache) with `hook_embed`, `blocks.{i}.hook_resid_pre`,
-        `blocks.{i}.attn.hook_pattern` [B, H, Q, K] and `blocks.{i}.hook_resid_post`, all over
-        every position. With `past`, tokens sit at positions past.len .. past.len + T - 1,
+    def hook_names(self) -> list[str]:
+        """The hook points of this model (see models/hooks.py)."""
+        return hook_names(self.cfg.n_layers, self.cfg.attn_only)
+
+    def forward(self, tokens: Tensor, start: int = 0, cache: bool = False,
+                past: KVCache | None = None, hooks: dict[str, Hook] | None = None):
+        """tokens [B, T] int64 -> logits [B, T - start, d_vocab]. `hooks` {name: fn} replaces
+        the activation at each named point by fn(activation) (None: unchanged); with
+        cache=True, returns (logits, cache) holding every point's activation after its hook,
+        over every position. With `past`, tokens sit at positions past.len .. past.len + T - 1,
         attend to the keys and values stored there too, and are appended to it."""
         T = tokens.shape[1]
         offset = 0 if past is None else past.len
+        if hooks:
+            check_names(hooks, self.hook_names())
+        points = HookPoints(hooks or {}, cache) if hooks or cache else None
         if past is not None:
-            if cache:
-                raise ValueError("cache=True records every position; it cannot run with past")
+            if points is not None:
+                raise ValueError("cache=True and hooks see every position; they cannot run "
+                                 "with past")
             n_ctx = min(self.cfg.n_ctx, past.n_ctx)
             if n_ctx < offset + T:
                 raise ValueError(
@@ -245,25 +259,24 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds model.n_ctx={self.cfg.n_ctx}")
         if not 0 <= start < T:
             raise ValueError(f"start={start} must be in [0, {T}) for a sequence of {T} tokens")
-        store = {} if cache else None
         x = self.embed(tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed.weight[offset : offset + T]
-        if store is not None:
-            store["hook_embed"] = x
+        if points is not None:
+            x = points("hook_embed", x)
         x = self.drop(x)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             # Earlier layers need every position: the last layer's keys and values read them.
-            skip = start if i == last and store is None else 0
-            x = block(x, skip, store, f"blocks.{i}.", past, i)
+            skip = start if i == last and points is None else 0
+            x = block(x, skip, points, f"blocks.{i}.", past, i)
         if past is not None:
             past.len += T
         x = self.ln_f(x[:, start - T :])
         logits = F.linear(x, self.embed.weight if self.unembed is None else self.unembed.weight)
         if self.cfg.parametrization == "mup":
             logits = logits / self.width_mult  # muP readout multiplier (Yang et al. 2022)
-        return (logits, store) if cache else logits
+        return (logits, points.store) if cache else logits
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; non_embedding leaves out token and position embeddings and the
