@@ -1,0 +1,95 @@
+"""Export to Hugging Face transformers, and the tools that open it (TransformerLens, nnsight):
+logits and attention patterns equal phaselab's on tiny random models of every variant that
+maps; a variant that does not is refused naming the field."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from models import GPT, GPTConfig, load_model, save_model
+
+if "interop" in os.environ.get("PHASELAB_EXTRAS", ""):
+    import transformers  # installed with the extra, so its absence is a failure
+else:
+    transformers = pytest.importorskip(
+        "transformers", reason='needs the interop extra: pip install -e ".[interop]"')
+from models.export import export_hf, layout  # noqa: E402
+
+VOCAB = [str(i) for i in range(10)] + ["+", "=", "ab"]
+BASE = dict(d_vocab=len(VOCAB), n_ctx=12, d_model=32, n_layers=2, d_head=8, d_mlp=48)
+# Every switch that maps, each away from the default once, over both layouts.
+VARIANTS = {
+    "gpt2": {},
+    "gpt2-nopos": {"pos": "none"},
+    "gpt2-nobias": {"bias": False},
+    "gpt2-tied": {"tie_embeddings": True},
+    "gpt2-attn_only": {"attn_only": True},
+    "gpt2-relu": {"act": "relu"},
+    "gpt2-mup": {"parametrization": "mup", "mup_base_width": 8},
+    "gpt2-mup-tied": {"parametrization": "mup", "mup_base_width": 8, "tie_embeddings": True},
+    "llama": {"norm": "rmsnorm", "pos": "rotary"},
+    "llama-nobias": {"norm": "rmsnorm", "pos": "rotary", "bias": False},
+    "llama-tied": {"norm": "rmsnorm", "pos": "rotary", "tie_embeddings": True},
+    "llama-attn_only": {"norm": "rmsnorm", "pos": "rotary", "attn_only": True},
+    "llama-relu-nobias": {"norm": "rmsnorm", "pos": "rotary", "act": "relu", "bias": False},
+    "llama-mup": {"norm": "rmsnorm", "pos": "rotary", "parametrization": "mup",
+                  "mup_base_width": 8},
+}
+REFUSED = {  # variant -> the field the error must name
+    "norm-none": ({"norm": "none"}, "model.norm"),
+    "layernorm-rotary": ({"pos": "rotary"}, "model.pos"),
+    "rmsnorm-learned": ({"norm": "rmsnorm"}, "model.pos"),
+    "rmsnorm-nopos": ({"norm": "rmsnorm", "pos": "none"}, "model.pos"),
+}
+
+
+def tiny_model(tmp_path, **overrides) -> GPT:
+    """A random model, every weight (gains and biases too) perturbed so that none is at its
+    init value, round-tripped through phaselab's checkpoint writer and reader."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**BASE | overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_model(model, tmp_path / "model.safetensors")
+    return load_model(tmp_path / "model.safetensors")[0].eval()
+
+
+def tokens(model: GPT) -> torch.Tensor:
+    return torch.randint(0, model.cfg.d_vocab, (3, model.cfg.n_ctx),
+                         generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hf_export_logits_equal_phaselab(tmp_path, variant):
+    model = tiny_model(tmp_path, **VARIANTS[variant])
+    assert layout(model.cfg) == variant.split("-")[0]
+    out = export_hf(model, tmp_path / "hf", VOCAB)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = tokens(model)
+    with torch.no_grad():
+        want, got = model(x), hf(x).logits
+    assert (got - want).abs().max() < 1e-4
+    assert want.std() > 0.1  # logits that vary, so the comparison means something
+
+
+@pytest.mark.parametrize("variant", REFUSED)
+def test_unmappable_variant_is_refused_naming_the_field(tmp_path, variant):
+    overrides, field = REFUSED[variant]
+    model = GPT(GPTConfig(**BASE | overrides))
+    with pytest.raises(ValueError, match=field):
+        export_hf(model, tmp_path / "hf", VOCAB)
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("sep", ["", " "])
+def test_tokenizer_covers_the_task_vocabulary(tmp_path, sep):
+    out = export_hf(tiny_model(tmp_path), tmp_path / "hf", VOCAB, sep)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = sep.join(["1", "ab", "+", "2", "="])
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == [VOCAB.index(s) for s in ["1", "ab", "+", "2", "="]]
+    assert tok.decode(ids) == text
