@@ -22,10 +22,10 @@ PARAMETRIZATIONS = ("standard", "mup")
 class GPTConfig:
     d_vocab: int | None = None  # None = from the task
     n_ctx: int | None = None  # None = from the task
-    d_model: int = 128
+    d_model: int = 64
     n_layers: int = 2
-    n_heads: int | None = None  # if set, d_head = d_model / n_heads
-    d_head: int = 32  # used when n_heads is None: n_heads = d_model / d_head
+    n_heads: int | None = 4  # fixed head count: d_head = d_model / n_heads
+    d_head: int = 32  # used when n_heads is None: n_heads = d_model / d_head (the ladder)
     d_mlp: int | None = None  # None = 4 * d_model
     act: str = "gelu"  # gelu (exact erf form) | relu
     attn_only: bool = False  # no MLPs (Olsson et al. 2022's attention-only models)

@@ -19,6 +19,7 @@ def ladder(widths=WIDTHS, depths=DEPTHS, **fixed) -> list[GPTConfig]:
     for name in ("d_model", "n_layers"):
         if name in fixed:
             raise ValueError(f"model.{name} is set by the ladder; pass it in widths/depths instead")
+    fixed = {"n_heads": None, **fixed}
     configs = [GPTConfig(d_model=w, n_layers=n, **fixed) for w in widths for n in depths]
     for cfg in configs:
         cfg.validate()

@@ -144,7 +144,8 @@ def test_evaluate_scores_log_probability_brier_and_correctness_of_each_target():
 def tiny_gpt(task, d_model=16, n_layers=1, seed=0) -> models.GPT:
     torch.manual_seed(seed)
     return models.GPT(models.GPTConfig(d_vocab=len(task.vocab), n_ctx=task.seq_len,
-                                       d_model=d_model, n_layers=n_layers, d_head=8))
+                                       d_model=d_model, n_layers=n_layers, n_heads=None,
+                                       d_head=8))
 
 
 def test_greedy_generation_matches_a_token_by_token_reference_and_chunking():

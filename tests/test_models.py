@@ -26,7 +26,8 @@ V, CTX = 16, 12
 
 
 def small(**overrides) -> GPTConfig:
-    fields = {"d_vocab": V, "n_ctx": CTX, "d_model": 32, "n_layers": 2, "d_head": 8}
+    fields = {"d_vocab": V, "n_ctx": CTX, "d_model": 32, "n_layers": 2, "n_heads": None,
+              "d_head": 8}
     return GPTConfig(**{**fields, **overrides})
 
 
@@ -76,7 +77,7 @@ def test_olsson_attention_only_models_have_no_mlp(norm, n_layers):
 
 
 def test_resolved_fills_head_and_mlp_sizes():
-    by_d_head = GPTConfig(d_model=128, d_head=32).resolved()
+    by_d_head = GPTConfig(d_model=128, n_heads=None, d_head=32).resolved()
     assert (by_d_head.n_heads, by_d_head.d_head, by_d_head.d_mlp) == (4, 32, 512)
     by_n_heads = GPTConfig(d_model=128, n_heads=8, d_mlp=300).resolved()
     assert (by_n_heads.n_heads, by_n_heads.d_head, by_n_heads.d_mlp) == (8, 16, 300)
@@ -289,7 +290,7 @@ def test_param_counts_equal_numel_and_analytic(overrides):
 
 def test_kaplan_approximation_holds_for_wide_models():
     # N ~ 12 n_layers d_model^2 with d_mlp = 4 d_model (Kaplan et al. 2020).
-    cfg = GPTConfig(d_vocab=V, n_ctx=CTX, d_model=512, n_layers=4)
+    cfg = GPTConfig(d_vocab=V, n_ctx=CTX, d_model=512, n_layers=4, n_heads=None)
     assert count_params(cfg)["non_embedding"] == pytest.approx(12 * 4 * 512**2, rel=0.01)
 
 
@@ -361,7 +362,7 @@ def test_param_groups_cover_every_parameter_once(parametrization, decay_embeddin
 def _rms_after_adam_steps(parametrization: str, width: int) -> float:
     torch.manual_seed(0)
     cfg = GPTConfig(
-        d_vocab=32, n_ctx=8, d_model=width, n_layers=2,
+        d_vocab=32, n_ctx=8, d_model=width, n_layers=2, n_heads=None,
         parametrization=parametrization, mup_base_width=32,
     )  # fmt: skip
     model = GPT(cfg)

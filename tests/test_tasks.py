@@ -484,8 +484,9 @@ def test_build_accepts_dataclasses_dicts_and_omegaconf():
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_yaml_files_match_their_schema_and_build(path):
     values = OmegaConf.load(path)
-    schema = f"{values.kind}_schema"
-    assert list(values.pop("defaults")) == [schema, "_self_"]
-    merged = OmegaConf.merge(OmegaConf.structured(tasks.TASKS[values.kind][0]), values)
+    schema, self_ = values.pop("defaults")
+    kind = schema.removesuffix("_schema")
+    assert schema == f"{kind}_schema" and kind in tasks.TASKS and self_ == "_self_"
+    merged = OmegaConf.merge(OmegaConf.structured(tasks.TASKS[kind][0]), values)
     task = tasks.build(OmegaConf.to_object(merged))
     assert len(task.eval_set()) > 0
