@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from analysis import emergence, forecast, plots, slices, transfer
-from analysis.report import log_to_wandb, markdown_table, write_report
+from analysis.report import causal_section, log_to_wandb, markdown_table, write_report
 from analysis.runs import find_runs, score
 
 log = logging.getLogger("analysis")
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = emergence.summarize(df)
     summary.to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
-    sections = [s for s in [slices.errors_section(by_slice, markdown_table)] if s]
+    sections = [s for s in [slices.errors_section(by_slice, markdown_table), causal_section(df)]
+                if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])
     if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):
         try:

@@ -79,6 +79,53 @@ def statistics_table(summary: pd.DataFrame, axis: str, statistics,
     return table[[s for s in statistics if s in table.columns]].reset_index()
 
 
+def _last(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Each run's metrics starting with `prefix` at its last step that has them: run x metric."""
+    rows = df[df["metric"].str.startswith(prefix)]
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    return rows.pivot_table(index="run", columns="metric", values="value", aggfunc="first")
+
+
+def _per_head(df: pd.DataFrame, prefix: str, name: str) -> pd.DataFrame:
+    """Columns run, head (L0H1, ...) and `name`: the per-head metrics `prefix`L0H1, ..."""
+    values = _last(df, prefix).stack().dropna().rename(name).reset_index()
+    return values.assign(head=values["metric"].str.removeprefix(prefix)).drop(columns="metric")
+
+
+def causal_section(df: pd.DataFrame) -> str | None:
+    """The report's "Causal checks" section from the causal/ scores at each run's last scored
+    checkpoint (None when there are none)."""
+    if not len(df) or not df["metric"].str.startswith("causal/").any():
+        return None
+    parts = ["## Causal checks",
+             "Loss at each run's last scored checkpoint with parts of the model zero-ablated "
+             "through its hooks (analysis/mechanistic.py), on the eval set: for induction, on "
+             "the repeated tokens. Heads are often redundant, so a set of heads can matter "
+             "where each alone barely does."]
+    summary = _last(df, "causal/")
+    if "causal/clean_loss" in summary:
+        head = _per_head(df, "causal/head_loss/", "ablated_loss")
+        for name in ("prefix_matching", "previous_token"):
+            head = head.merge(_per_head(df, f"{name}/", name), on=["run", "head"], how="left")
+        # The head whose previous-token score is highest: the one the probe ablated.
+        top = head.loc[head.groupby("run")["previous_token"].idxmax()].set_index("run")["head"]
+        table = pd.DataFrame({
+            "clean": summary["causal/clean_loss"],
+            "induction heads (prefix matching > 0.5)": summary["causal/n_induction_heads"],
+            "those ablated": summary["causal/induction_heads_loss"],
+            "top previous-token head": top,
+            "it ablated": summary["causal/previous_token_head_loss"]}).reset_index()
+        parts += [markdown_table(table), "Each head ablated alone, beside its scores:",
+                  markdown_table(head[["run", "head", "prefix_matching", "previous_token",
+                                       "ablated_loss"]])]
+    layer = summary.filter(like="causal/loss/")
+    if len(layer.columns):
+        layer.columns = [c.removeprefix("causal/loss/") for c in layer.columns]
+        parts += ["Loss with each layer's attention or MLP output zeroed:",
+                  markdown_table(layer.reset_index())]
+    return "\n\n".join(parts)
+
+
 def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
                  runs: list[Run], out: str | Path, title: str, sections=()) -> Path:
     """Write `<out>/report.md`; figure links are relative to it. `sections`: more markdown

@@ -55,6 +55,30 @@ def in_context(model, task, outputs: dict[str, Outputs]) -> dict[str, float]:
             "induction_loss": mechanistic.induction_loss(outputs["eval"])}
 
 
+def head_ablation(model, task, outputs: dict[str, Outputs]) -> dict[str, float]:
+    """Loss on the repeated tokens of the eval set with heads zero-ablated (causal/...): each
+    head alone, the heads of prefix matching > 0.5 together, the top previous-token head; and
+    every head's previous-token score."""
+    found = mechanistic.head_ablations(model, task.eval_set())
+    per_head = {f"causal/head_loss/L{layer}H{head}": value
+                for layer, row in enumerate(found["per_head"].tolist())
+                for head, value in enumerate(row)}
+    previous = {f"previous_token/L{layer}H{head}": value
+                for layer, row in enumerate(found["previous_token"].tolist())
+                for head, value in enumerate(row)}
+    return per_head | previous | {
+        "causal/clean_loss": found["clean"],
+        "causal/induction_heads_loss": found["induction_heads"],
+        "causal/n_induction_heads": float(found["n_induction_heads"]),
+        "causal/previous_token_head_loss": found["previous_token_head"]}
+
+
+def layer_ablation(model, task, outputs: dict[str, Outputs]) -> dict[str, float]:
+    """Eval loss with each layer's attention or MLP zero-ablated (causal/loss/attn_L0, ...)."""
+    return {f"causal/loss/{part}": value
+            for part, value in mechanistic.layer_ablations(model, task.eval_set()).items()}
+
+
 def weight_norm(model, task, outputs: dict[str, Outputs]) -> dict[str, float]:
     return {"weight_norm": mechanistic.weight_norm(model)}
 
@@ -103,9 +127,11 @@ PROBES = [
     Probe("answer_positions", _answers, answer_positions, ("eval",)),
     Probe("prefix_matching", _induction, prefix_matching),
     Probe("in_context", _induction, in_context, ("eval",)),
+    Probe("head_ablation", _induction, head_ablation),
     Probe("weight_norm", _modular, weight_norm),
     Probe("train_test_gap", _modular, train_test_gap, ("eval", "train_eval")),
     Probe("fourier", _modular_addition, fourier),
+    Probe("layer_ablation", _modular, layer_ablation),
     Probe("progress", progress.applies, progress_measures),
 ]
 PROBE_NAMES = tuple(probe.name for probe in PROBES)

@@ -272,6 +272,41 @@ def test_score_checkpoint_adds_induction_measures_near_chance_at_initialization(
     assert abs(scores["icl_score"]) < 0.1 and "weight_norm" not in scores
 
 
+def test_causal_probes_ablate_through_the_hooks_and_agree_with_the_plain_scores():
+    task = tasks.build({"kind": "induction", "d_vocab_tokens": 16, "seq_len": 12,
+                        "min_segment": 3, "max_segment": 5, "eval_size": 50})
+    model = tiny_gpt(task, n_layers=2)
+    scores = scoring.score(model, task)
+    # Nothing ablated: the same repeat loss as the evaluation's.
+    assert scores["causal/clean_loss"] == pytest.approx(scores["induction_loss"], abs=1e-6)
+    assert scores["causal/n_induction_heads"] == 0  # random init: no head above 0.5
+    assert math.isnan(scores["causal/induction_heads_loss"])
+    per_head = [scores[f"causal/head_loss/L{layer}H{head}"] for layer in range(2)
+                for head in range(2)]
+    assert len(set(per_head)) == 4 and scores["causal/clean_loss"] not in per_head
+    previous = {(layer, head): scores[f"previous_token/L{layer}H{head}"] for layer in range(2)
+                for head in range(2)}
+    layer, head = max(previous, key=previous.get)
+    assert scores["causal/previous_token_head_loss"] == scores[
+        f"causal/head_loss/L{layer}H{head}"]
+
+
+def test_layer_ablation_equals_zeroing_the_layers_weights():
+    task = tasks.build({"kind": "modular", "p": 7, "train_fraction": 0.5})
+    model = tiny_gpt(task)
+    losses = scoring.score(model, task, probes=["layer_ablation"])
+    assert set(k for k in losses if k.startswith("causal/")) == {
+        "causal/loss/clean", "causal/loss/attn_L0", "causal/loss/mlp_L0"}
+    assert losses["causal/loss/clean"] == pytest.approx(losses["eval/loss"], abs=1e-6)
+    for part, path in (("attn", "blocks.0.attn.out"), ("mlp", "blocks.0.mlp.proj")):
+        zeroed = tiny_gpt(task)
+        with torch.no_grad():
+            for p in zeroed.get_submodule(path).parameters():  # weight and bias: the output
+                p.zero_()
+        plain = scoring.score(zeroed, task, sets=["eval"], probes=[])["eval/loss"]
+        assert losses[f"causal/loss/{part}_L0"] == pytest.approx(plain, abs=1e-5)
+
+
 def test_icl_score_and_induction_loss_read_the_per_position_losses():
     logprob = torch.tensor([[-4.0, -4.0, -3.0, -1.0, -0.5, -0.1]] * 2)
     attend = torch.tensor([[-1, -1, -1, 1, 2, 3]] * 2)
