@@ -1,6 +1,6 @@
 """Find training runs on disk, load their checkpoints, and score them into one tidy table.
 
-The run directory is the only input (docs/architecture.md): `.hydra/config.yaml` (and
+The run directory (its layout: models/layout.py) is the only input: `.hydra/config.yaml` (and
 `overrides.yaml`), `metrics.jsonl`, `checkpoints/step_NNNNNNN/model.safetensors`,
 `summary.json`. This is the I/O edge of `analysis/`; everything downstream is pure.
 
@@ -26,10 +26,10 @@ from tqdm import tqdm
 import models
 import tasks
 from analysis import scoring, slices
+from models import layout
 
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"step_(\d+)")
 # Coordinates every run has where its config sets them: name -> config key.
 BASE_COORDS = {"task": "task.kind", "op": "task.op", "digits": "task.digits", "p": "task.p",
                "d_model": "model.d_model", "n_layers": "model.n_layers", "seed": "seed"}
@@ -46,9 +46,9 @@ class Run:
 
     def _checkpoint_dirs(self) -> dict[int, Path]:
         found = {}
-        for weights in (self.path / "checkpoints").glob("step_*/model.safetensors"):
-            if match := STEP_DIR.fullmatch(weights.parent.name):
-                found[int(match.group(1))] = weights
+        for weights in (self.path / layout.CHECKPOINTS).glob(f"step_*/{layout.WEIGHTS}"):
+            if (step := layout.step_of(weights.parent)) is not None:
+                found[step] = weights
         return dict(sorted(found.items()))
 
     def checkpoints(self) -> list[int]:
@@ -81,7 +81,7 @@ class Run:
     def metrics(self) -> pd.DataFrame:
         """metrics.jsonl as a table, one row per logged event (an unreadable line, such as the
         last line of a killed run, is skipped with a warning)."""
-        path = self.path / "metrics.jsonl"
+        path = self.path / layout.METRICS
         if not path.exists():
             return pd.DataFrame()
         rows = []
@@ -93,7 +93,7 @@ class Run:
         return pd.DataFrame(rows)
 
     def summary(self) -> dict:
-        path = self.path / "summary.json"
+        path = self.path / layout.SUMMARY
         return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -141,13 +141,13 @@ def find_runs(path: str | Path) -> list[Run]:
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory")
     found = []
-    for config_path in sorted(root.rglob(".hydra/config.yaml"), key=_natural_key):
+    for config_path in sorted(root.rglob(layout.HYDRA_CONFIG), key=_natural_key):
         run_dir = config_path.parent.parent
-        overrides_path = config_path.with_name("overrides.yaml")
+        if layout.is_ensemble(run_dir):
+            continue  # its members, below it, are the runs
+        overrides_path = run_dir / layout.HYDRA_OVERRIDES
         try:
             config = OmegaConf.load(config_path)
-            if OmegaConf.select(config, "train.ensemble", default=1) > 1:
-                continue  # an ensemble's directory: its members, below it, are the runs
             overrides = list(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
             found.append((run_dir, config, _override_coords(config, overrides)))
         except (*BAD_ITEM, yaml.YAMLError) as e:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import signal
 import threading
@@ -26,22 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import save_model
+from models import layout, save_model
 from train.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"step_(\d{7,})")
 TMP_PREFIX = ".tmp-"
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def step_of(path: Path) -> int:
-    """The step of a checkpoint directory."""
-    return int(STEP_DIR.fullmatch(path.name).group(1))
 
 
 def is_checkpoint_step(step: int, total_steps: int, cfg: CheckpointConfig) -> bool:
@@ -54,14 +43,14 @@ def is_checkpoint_step(step: int, total_steps: int, cfg: CheckpointConfig) -> bo
 def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
          state: dict | None) -> Path:
     """Write checkpoints/step_XXXXXXX atomically; with `state`, it is a resume point."""
-    final = checkpoints / step_dir_name(step)
+    final = checkpoints / layout.step_dir_name(step)
     tmp = checkpoints / (TMP_PREFIX + final.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, tmp / "model.safetensors", metadata=meta)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    save_model(model, tmp / layout.WEIGHTS, metadata=meta)
+    (tmp / layout.META).write_text(json.dumps(meta, indent=1) + "\n")
     if state is not None:
-        torch.save(state, tmp / "state.pt")
+        torch.save(state, tmp / layout.STATE)
     if final.exists():  # left by an earlier attempt at this run that got further than its state
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -70,8 +59,8 @@ def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
 
 def prune_states(checkpoints: Path, keep: int) -> None:
     """Delete state.pt everywhere but in step `keep` (checkpoint.keep_state=last)."""
-    for path in checkpoints.glob("step_*/state.pt"):
-        if path.parent.name != step_dir_name(keep):
+    for path in checkpoints.glob(f"step_*/{layout.STATE}"):
+        if path.parent.name != layout.step_dir_name(keep):
             path.unlink()
 
 
@@ -80,8 +69,8 @@ def resumable_steps(checkpoints: Path) -> list[int]:
     for tmp in checkpoints.glob(TMP_PREFIX + "*"):
         log.warning("removing %s, an unfinished checkpoint of an interrupted run", tmp)
         shutil.rmtree(tmp)
-    return sorted(int(match.group(1)) for path in checkpoints.glob("step_*")
-                  if (match := STEP_DIR.fullmatch(path.name)) and (path / "state.pt").is_file())
+    return sorted(step for path in checkpoints.glob("step_*")
+                  if (step := layout.step_of(path)) is not None and (path / layout.STATE).is_file())
 
 
 def rng_state(data_generator: torch.Generator) -> dict:
@@ -110,7 +99,7 @@ def set_rng_state(state: dict, data_generator: torch.Generator) -> None:
 
 
 def load_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / "state.pt", weights_only=True, map_location="cpu")
+    return torch.load(checkpoint / layout.STATE, weights_only=True, map_location="cpu")
 
 
 class Preemption:

@@ -42,7 +42,7 @@ from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tasks
-from models import GPT
+from models import GPT, layout
 from train.config import Config
 from train.state import RunState, masked_cross_entropy
 
@@ -80,7 +80,7 @@ def member_overrides(overrides: list[str], cfg: Config, member: Config) -> list[
 
 def member_specs(cfg: Config, run_dir: Path, overrides: list[str]) -> list[tuple]:
     """(config, directory, overrides) of each member: the runs `train.loop.run` opens."""
-    return [(member, run_dir / f"member_{i}", member_overrides(overrides, cfg, member))
+    return [(member, run_dir / layout.member_dir_name(i), member_overrides(overrides, cfg, member))
             for i, member in enumerate(member_configs(cfg))]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from models import layout
 from train.config import WandbConfig
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def run_label(config: dict, overrides: list[str], run_dir: Path) -> str:
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None and not key.startswith(UNNAMED):
             parts[key.rsplit(".", 1)[-1]] = raw if isinstance(value, dict) else value
-    if run_dir.name.startswith("member_"):
+    if layout.is_member(run_dir):
         parts |= {run_dir.name: None, "seed": config.get("seed")}
     return " ".join(k if v is None else f"{k}={v}" for k, v in parts.items()) or run_dir.name
 
@@ -133,7 +134,7 @@ class RunLogger:
         (as resolved in `config`) go to the wandb summary as the run's sweep coordinates."""
         self.total_steps, self.start = total_steps, start
         self.logged_step = start.get("logged_step", -1)
-        self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self.metrics = open(run_dir / layout.METRICS, "a")  # noqa: SIM115 (closed in close())
         # Named on the console where its lines mix with others': in a sweep or an ensemble.
         self.label = run_label(config, overrides or [], run_dir) if group else ""
         self.bar, self.postfix = None, {}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from models import layout
 from train import checkpoint
 from train.config import Config
 from train.log import truncate_metrics
@@ -88,7 +89,7 @@ class RunDir:
     def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None,
                  hydra_files: bool = False):
         """`hydra_files`: `begin` writes `.hydra/` (for a run Hydra did not launch)."""
-        self.path, self.checkpoints = path, path / "checkpoints"
+        self.path, self.checkpoints = path, path / layout.CHECKPOINTS
         self.cfg, self.overrides, self.group = cfg, overrides, group
         self.hydra_files = hydra_files
         self.info: dict = {}
@@ -99,16 +100,16 @@ class RunDir:
         resume from (ascending). Writes nothing else: `begin` does, once the model has loaded."""
         self.path.mkdir(parents=True, exist_ok=True)
         if self.cfg.train.overwrite:
-            for name in ("checkpoints", "wandb"):
+            for name in (layout.CHECKPOINTS, "wandb"):
                 shutil.rmtree(self.path / name, ignore_errors=True)
-            for name in ("metrics.jsonl", "summary.json", "run.json"):
+            for name in (layout.METRICS, layout.SUMMARY, layout.RUN_INFO):
                 (self.path / name).unlink(missing_ok=True)
-        elif read_json(self.path / "summary.json").get("status") == "completed":
+        elif read_json(self.path / layout.SUMMARY).get("status") == "completed":
             raise FileExistsError(
                 f"{self.path} holds a completed run (summary.json); pass train.overwrite=true to "
                 f"train it again from scratch, or choose another directory (hydra.run.dir=...)")
         resumable = checkpoint.resumable_steps(self.checkpoints)
-        previous = read_json(self.path / "run.json")
+        previous = read_json(self.path / layout.RUN_INFO)
         if resumable and previous:
             if changes := config_changes(previous["config"], dataclasses.asdict(self.cfg)):
                 raise ValueError(
@@ -124,7 +125,7 @@ class RunDir:
         if self.hydra_files:
             write_hydra_files(self.path, self.cfg, self.overrides)
         if self.info:
-            self.info["resumed"].append({"at": now(), "step": checkpoint.step_of(resume),
+            self.info["resumed"].append({"at": now(), "step": layout.step_of(resume),
                                          "git": git_state(), "host": socket.gethostname(),
                                          "pid": os.getpid()})
             log.info("resuming %s from %s", self.path, resume.name)
@@ -134,9 +135,9 @@ class RunDir:
                          "pid": os.getpid(), "started": now(), "resumed": [],
                          "wandb_id": uuid.uuid4().hex[:12]}
         self.last_record = truncate_metrics(
-            self.path / "metrics.jsonl", None if resume is None else checkpoint.step_of(resume))
-        write_json(self.path / "run.json", self.info)
-        (self.path / "summary.json").unlink(missing_ok=True)
+            self.path / layout.METRICS, None if resume is None else layout.step_of(resume))
+        write_json(self.path / layout.RUN_INFO, self.info)
+        (self.path / layout.SUMMARY).unlink(missing_ok=True)
 
     def finish(self, model, status: str, error: str | None, step: int, total_steps: int,
                tokens: int, wall_time_s: float, last: dict, diverged: bool = False) -> dict:
@@ -156,5 +157,5 @@ class RunDir:
             "metrics": {key: value for key, value in last.items() if "/" in key},
             "finished": now(),
         }
-        write_json(self.path / "summary.json", summary)
+        write_json(self.path / layout.SUMMARY, summary)
         return summary

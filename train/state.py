@@ -30,7 +30,7 @@ from torch import Tensor
 
 import tasks
 from analysis import scoring
-from models import GPT, GPTConfig, load_model
+from models import GPT, GPTConfig, layout, load_model
 from train import checkpoint
 from train.config import Config, OptimConfig
 from train.log import RunLogger
@@ -173,7 +173,7 @@ class RunState:
         others, if any, go on)."""
         if diverged is not None:
             newest = checkpoint.resumable_steps(self.dir.checkpoints)
-            saved = checkpoint.step_dir_name(newest[-1]) if newest else "none"
+            saved = layout.step_dir_name(newest[-1]) if newest else "none"
             self.error = (f"{diverged} (optim.lr={self.cfg.optim.lr}); stopped. The newest "
                           f"checkpoint, {saved}, was saved before it.")
         summary = self.dir.finish(self.model, status, self.error, progress.step, progress.total,
@@ -192,7 +192,7 @@ def common_resume_step(dirs: list[RunDir], held: list[list[int]]) -> tuple[int |
     """The step to resume every run from (None: a fresh start) and which runs stay stopped:
     those whose summary says they diverged while another run got further."""
     newest = [max(h, default=-1) for h in held]
-    stopped = [read_json(d.path / "summary.json").get("diverged", False) and n < max(newest)
+    stopped = [read_json(d.path / layout.SUMMARY).get("diverged", False) and n < max(newest)
                for d, n in zip(dirs, newest, strict=True)]
     live = [set(h) for h, stop in zip(held, stopped, strict=True) if not stop]
     common = set.intersection(*live)
@@ -221,10 +221,10 @@ def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
     for run_dir, stop in zip(dirs, stopped, strict=True):
         cfg = run_dir.cfg
         resume = None if resume_step is None or stop else (
-            run_dir.checkpoints / checkpoint.step_dir_name(resume_step))
+            run_dir.checkpoints / layout.step_dir_name(resume_step))
         seed_everything(cfg.seed)
         model = GPT(model_cfg) if resume is None else (  # initialized on the CPU: the same
-            load_model(resume / "model.safetensors", expect=model_cfg)[0])  # weights anywhere
+            load_model(resume / layout.WEIGHTS, expect=model_cfg)[0])  # weights anywhere
         model.to(device)
         if not stop:
             run_dir.begin(resume)
