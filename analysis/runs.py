@@ -113,12 +113,13 @@ def _override_coords(config: DictConfig, overrides: list[str]) -> dict:
     """The command-line overrides, each valued as resolved in the config (a config-group choice
     such as `model=small` as written) and named by its last key component (`optim.lr` -> `lr`),
     or in full where that name is a base coordinate's. One that names a base coordinate's key
-    (`model.d_model`) or whose full name is taken too (`task=modular`) adds nothing."""
+    (`model.d_model`), whose full name is taken too (`task=modular`), or that is no coordinate
+    (`models.layout.NOT_COORDINATES`: wandb.*, hydra.*, experiment, threads, ...) adds nothing."""
     taken = dict(BASE_COORDS)
     coords = {}
     for override in overrides:
         key, _, raw = override.lstrip("+~").partition("=")
-        if key.startswith("hydra") or key in taken.values():
+        if not layout.is_coordinate(key) or key in taken.values():
             continue
         name = key.rsplit(".", 1)[-1]
         if name in taken:  # the short name is another key's: try the full one

@@ -27,6 +27,20 @@ STEP_DIR = re.compile(r"step_(\d{7,})")
 MEMBER_DIR = re.compile(r"member_(\d+)")
 
 
+# Overrides that change how a run is executed, logged or named, not what it learns: never one of
+# its coordinates (the analysis's table columns and series labels, the console's run names).
+NOT_COORDINATES = ("hydra", "wandb", "experiment", "ladder", "threads", "device", "compile",
+                   "train.overwrite", "train.eval_every", "train.log_every", "train.eval_probes",
+                   "checkpoint")
+
+
+def is_coordinate(key: str) -> bool:
+    """Whether an override's key (`optim.lr`, `hydra/launcher`, `+wandb.tags`) can tell one
+    run of a sweep from another."""
+    key = key.lstrip("+~")
+    return not any(key == p or key.startswith((f"{p}.", f"{p}/")) for p in NOT_COORDINATES)
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
 

@@ -592,6 +592,16 @@ def test_scores_match_scoring_the_checkpoint_directly(sweep):
     assert rows["value"].item() == pytest.approx(direct["eval/loss"])
 
 
+def test_only_scientific_overrides_are_coordinates(sweep):
+    # How a run was executed, logged or launched is no coordinate, even of a single run.
+    overrides = ["experiment=grokking_small", "wandb.mode=disabled", "hydra/launcher=parallel",
+                 "threads=1", "compile=true", "train.overwrite=true", "checkpoint.every=5",
+                 "optim.lr=0.01", "model.n_layers=1"]
+    OmegaConf.save(OmegaConf.create(overrides), sweep / "0/.hydra/overrides.yaml")
+    (run,) = runs.find_runs(sweep / "0")
+    assert set(run.coords) == {"task", "op", "p", "d_model", "n_layers", "seed", "lr"}
+
+
 def test_a_corrupt_checkpoint_is_named_and_the_other_runs_are_still_scored(sweep, caplog):
     corrupt = sweep / "1/checkpoints/step_0000010/model.safetensors"
     corrupt.write_bytes(b"not a safetensors file")

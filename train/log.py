@@ -84,10 +84,6 @@ def sweep_coordinates(config: dict, overrides: list[str]) -> dict:
     return coords
 
 
-# Overrides that do not tell one run of a sweep from another, left out of its console name.
-UNNAMED = ("hydra", "wandb.", "threads", "device", "compile", "train.overwrite")
-
-
 def run_label(config: dict, overrides: list[str], run_dir: Path) -> str:
     """A sweep's run as the console names it: its sweep coordinates (`d_model=16 seed=1`, each
     command-line override that sets a config key, named by its last component and valued as
@@ -98,7 +94,7 @@ def run_label(config: dict, overrides: list[str], run_dir: Path) -> str:
         value = config
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if value is not None and not key.startswith(UNNAMED):
+        if value is not None and layout.is_coordinate(key):
             parts[key.rsplit(".", 1)[-1]] = raw if isinstance(value, dict) else value
     if layout.is_member(run_dir):
         parts |= {run_dir.name: None, "seed": config.get("seed")}
