@@ -64,7 +64,7 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
 
-    def resolved(self) -> GPTConfig:
+    def with_derived_sizes(self) -> GPTConfig:
         """A validated copy with n_heads, d_head and d_mlp filled in."""
         self.validate()
         if self.n_heads is not None:
@@ -74,9 +74,10 @@ class GPTConfig:
         d_mlp = 4 * self.d_model if self.d_mlp is None else self.d_mlp
         return dataclasses.replace(self, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp)
 
-    def complete(self) -> GPTConfig:
-        """`resolved()`, also requiring the task-given sizes that building a model needs."""
+    def for_building(self) -> GPTConfig:
+        """`with_derived_sizes()`, also requiring the task-given sizes (d_vocab, n_ctx) that
+        building a model needs."""
         for name in ("d_vocab", "n_ctx"):
             if getattr(self, name) is None:
                 raise ValueError(f"model.{name} is None: set it, or fill it from the task first")
-        return self.resolved()
+        return self.with_derived_sizes()

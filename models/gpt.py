@@ -196,7 +196,7 @@ def param_kind(name: str, p: Tensor) -> str:
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.cfg = cfg = cfg.complete()
+        self.cfg = cfg = cfg.for_building()
         # muP's width multiplier (Yang et al. 2022): d_model relative to mup_base_width.
         mup = cfg.parametrization == "mup"
         self.width_mult = cfg.d_model / cfg.mup_base_width if mup else 1.0

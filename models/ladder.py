@@ -29,7 +29,7 @@ def ladder(widths=WIDTHS, depths=DEPTHS, **fixed) -> list[GPTConfig]:
 def count_params(cfg: GPTConfig) -> dict[str, int]:
     """{"total", "non_embedding"}: non-embedding leaves out the token and position embeddings
     and the untied unembedding (Kaplan et al. 2020); it keeps biases and norm gains."""
-    c = cfg.complete()
+    c = cfg.for_building()
     d = c.d_model
     norm = {"layernorm": 2 * d if c.bias else d, "rmsnorm": d, "none": 0}[c.norm]
     attn = 4 * d * d + (4 * d if c.bias else 0)  # q, k, v, out: n_heads * d_head = d_model
@@ -46,7 +46,7 @@ def flops_per_token(cfg: GPTConfig) -> int:
     the non-embedding parameters (forward 2N, backward 4N), plus attention's score and
     weighted-sum matmuls over a full context. As in Kaplan, the unembedding matmul
     (6 d_model d_vocab) and the embedding lookups are not counted."""
-    c = cfg.complete()
+    c = cfg.for_building()
     return 6 * count_params(c)["non_embedding"] + 6 * c.n_layers * c.n_ctx * c.d_model
 
 
@@ -67,7 +67,7 @@ def ladder_table(d_vocab: int = 15, n_ctx: int = 16, widths=WIDTHS, depths=DEPTH
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cfg in ladder(widths, depths, d_vocab=d_vocab, n_ctx=n_ctx):
-        c, counts = cfg.resolved(), count_params(cfg)
+        c, counts = cfg.with_derived_sizes(), count_params(cfg)
         lines.append(
             f"| {c.d_model} | {c.n_layers} | {c.n_heads} | {c.d_mlp} | {counts['total']:,} "
             f"| {counts['non_embedding']:,} | {flops_per_token(c):,} |"

@@ -30,7 +30,15 @@ import einops
 import torch
 from torch import Tensor
 
-from tasks.base import EVAL_SIZE, Batch, Task, distinct_problems, require, split, stream_generator
+from tasks.base import (
+    EVAL_SIZE,
+    Batch,
+    Task,
+    distinct_problems,
+    next_token_batch,
+    require,
+    stream_generator,
+)
 
 OPS = {"add": "+", "mul": "*"}
 
@@ -162,7 +170,8 @@ class Arithmetic(Task):
         self.loss_start = self.prompt_len - 1
         self.main_attribute = "carries" if cfg.op == "add" else "nonzero_columns"
 
-        self.hold_out(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size, cfg.problems())
+        self.build_fixed_sets(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size,
+                              cfg.problems())
         if cfg.ood_digits is not None:  # longer operands: never in training, so no hash needed
             anything = lambda problems: torch.ones(len(problems), dtype=torch.bool)
             problems = distinct_problems(self.sample_ood, anything, cfg.eval_size or EVAL_SIZE,
@@ -209,7 +218,7 @@ class Arithmetic(Task):
                                     torch.cat([answer_valid, yes], 1),
                                     self.pad_token, self.answer_len, left=False)
         counted = torch.cat([torch.zeros_like(prompt, dtype=torch.bool), answer_valid], 1)
-        return split(torch.cat([prompt, answer], 1), counted)
+        return next_token_batch(torch.cat([prompt, answer], 1), counted)
 
     def attributes(self, problems: Tensor) -> dict[str, Tensor]:
         """Operand lengths `len_a`, `len_b`, the answer's `answer_len` (digits, without leading

@@ -50,7 +50,7 @@ class Batch:
                      {name: value.to(device) for name, value in self.attributes.items()})
 
 
-def split(seq: Tensor, counted: Tensor, attend: Tensor | None = None) -> Batch:
+def next_token_batch(seq: Tensor, counted: Tensor, attend: Tensor | None = None) -> Batch:
     """Batch from full sequences seq [B, L] and `counted` [B, L] (which tokens of seq are scored;
     the first token never is: nothing predicts it)."""
     return Batch(seq[:, :-1], seq[:, 1:], counted[:, 1:], attend)
@@ -157,9 +157,10 @@ class Task:
     optionally `_pool`, the finite training set, and `_ood`) in `__init__`, on `device`.
 
     Most tasks describe a problem as a row of small ints: they implement `sample` (random problems
-    of the training distribution) and `render` (problems -> Batch) and call `hold_out`, which
-    holds out a hashed share of all problems and builds the fixed sets; `fresh_batch` then draws
-    training problems outside that share. Others override `fresh_batch` or keep a `_pool`."""
+    of the training distribution) and `render` (problems -> Batch) and call `build_fixed_sets`,
+    which holds out a hashed share of all problems (`is_held_out`, a mask) and builds the fixed
+    sets; `fresh_batch` then draws training problems outside that share. Others override
+    `fresh_batch` or keep a `_pool`."""
 
     vocab: list[str]
     seq_len: int
@@ -191,7 +192,8 @@ class Task:
 
     def attributes(self, problems: Tensor) -> dict[str, Tensor]:
         """Per-problem integer attributes {name: [n] int64} that matter for the skill (operand
-        lengths, carries, ...), attached to the fixed sets `hold_out` builds; none by default."""
+        lengths, carries, ...), attached to the fixed sets `build_fixed_sets` builds; none by
+        default."""
         return {}
 
     def render_fixed(self, problems: Tensor) -> Batch:
@@ -200,7 +202,7 @@ class Task:
         batch.attributes = self.attributes(problems)
         return batch
 
-    def hold_out(self, seed: int, test_fraction: float, eval_size: int | None,
+    def build_fixed_sets(self, seed: int, test_fraction: float, eval_size: int | None,
                  train_size: int | None, space: int) -> None:
         """Hold out the problems whose hash falls below test_fraction (the split is fixed by
         `seed`), and build the fixed sets: eval_size distinct held-out problems (None: all of
@@ -209,7 +211,7 @@ class Task:
         as many other problems (the pool's first ones if there is a pool). Each set carries its
         problems' `attributes`. `space` is the number of distinct problems there are."""
         self._seed, self._test_fraction = seed, test_fraction
-        trainable = lambda problems: ~self.held_out(problems)
+        trainable = lambda problems: ~self.is_held_out(problems)
         n = EVAL_SIZE if eval_size is None else eval_size
 
         def fixed(keep, n, stream, field, at_most=False) -> Batch:
@@ -217,7 +219,7 @@ class Task:
             return self.render_fixed(distinct_problems(self.sample, keep, n, generator, field,
                                                        space, at_most))
 
-        self._eval = fixed(self.held_out, n, 0, "eval_size", eval_size is None).to(self.device)
+        self._eval = fixed(self.is_held_out, n, 0, "eval_size", eval_size is None).to(self.device)
         require(len(self._eval) > 0, "test_fraction", test_fraction,
                 f"holds out none of the {space} problems; raise it")
         if train_size is None:
@@ -227,8 +229,8 @@ class Task:
             self._pool = fixed(trainable, train_size, 1, "train_size").to(self.device)
             self._train_eval = self._pool[:n]
 
-    def held_out(self, problems: Tensor) -> Tensor:
-        """[n] bool: which problems are kept for testing (see `hold_out`)."""
+    def is_held_out(self, problems: Tensor) -> Tensor:
+        """[n] bool: which problems are kept for testing (see `build_fixed_sets`)."""
         return in_test_bucket(problems, self._seed, self._test_fraction)
 
     def train_batch(self, batch_size: int | None, generator: torch.Generator) -> Batch:
@@ -250,7 +252,7 @@ class Task:
         redraw round would cost a sample and a hash of the whole batch."""
         problems = self.sample(2 * batch_size, generator)
         first, second = problems.chunk(2)
-        first_held, second_held = self.held_out(problems)[:, None].chunk(2)
+        first_held, second_held = self.is_held_out(problems)[:, None].chunk(2)
         batch = self.render(torch.where(first_held, second, first))
         batch.mask &= ~(first_held & second_held)
         return batch

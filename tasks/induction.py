@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import einops
 import torch
 
-from tasks.base import EVAL_SIZE, Batch, Task, require, split, stream_generator
+from tasks.base import EVAL_SIZE, Batch, Task, next_token_batch, require, stream_generator
 
 
 @dataclass
@@ -167,7 +167,7 @@ class AssociativeRecall(Task):
         self.vocab = [f"k{i}" for i in range(cfg.n_keys)] + [f"v{i}" for i in range(cfg.n_values)]
         self.prompt_len = self.seq_len = 2 * cfg.n_pairs + 1
         self.loss_start = self.prompt_len - 1
-        self.hold_out(cfg.seed, cfg.test_fraction, cfg.eval_size, None, cfg.problems())
+        self.build_fixed_sets(cfg.seed, cfg.test_fraction, cfg.eval_size, None, cfg.problems())
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Full sequences [n, 2 n_pairs + 2]: k v k v ... k_query v_query."""
@@ -188,4 +188,4 @@ class AssociativeRecall(Task):
     def render(self, problems: torch.Tensor) -> Batch:
         counted = torch.zeros_like(problems, dtype=torch.bool)
         counted[:, -1] = True  # the answer only
-        return split(problems, counted)
+        return next_token_batch(problems, counted)

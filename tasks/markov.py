@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import Batch, Task, require, split, stream_generator
+from tasks.base import Batch, Task, next_token_batch, require, stream_generator
 
 
 @dataclass
@@ -88,4 +88,4 @@ class Markov(Task):
             seq[:, t] = torch.searchsorted(row, uniforms[t]).squeeze(-1).clamp_max(V - 1)
         counted = torch.zeros_like(seq, dtype=torch.bool)
         counted[:, k:] = True
-        return split(seq, counted)
+        return next_token_batch(seq, counted)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tasks.base import Task, require, split, stream_generator
+from tasks.base import Task, next_token_batch, require, stream_generator
 
 # (a, b, inverse) -> the operation's value before reduction mod p; `inverse` [p] maps b to b^-1.
 OPS: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {
@@ -89,7 +89,7 @@ class Modular(Task):
         seq = seq[torch.randperm(len(seq), generator=stream_generator(cfg.seed, 0))]
         counted = torch.zeros_like(seq, dtype=torch.bool)
         counted[:, -1] = True
-        batch = split(seq, counted).to(self.device)
+        batch = next_token_batch(seq, counted).to(self.device)
         n_train = cfg.train_pairs()
         self._pool = self._train_eval = batch[:n_train]
         self._eval = batch[n_train:][: cfg.eval_size]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tasks.base import EVAL_SIZE, Batch, Task, require, split, stream_generator
+from tasks.base import EVAL_SIZE, Batch, Task, next_token_batch, require, stream_generator
 
 
 @dataclass
@@ -78,7 +78,8 @@ class Parity(Task):
         self._bits_mask = bits_mask.scatter_(1, self.relevant, 1).to(self.device)
         frequency = (torch.arange(cfg.n_tasks) + 1.0) ** -cfg.zipf_exponent
         self._cdf = (frequency / frequency.sum()).cumsum(0).to(self.device)
-        self.hold_out(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size, cfg.problems())
+        self.build_fixed_sets(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size,
+                              cfg.problems())
 
     def choose_relevant(self, generator: torch.Generator) -> Tensor:
         """[n_tasks, k] sorted relevant-bit indices, a distinct subset per task."""
@@ -114,4 +115,4 @@ class Parity(Task):
         seq = torch.cat(parts, 1)
         counted = torch.zeros_like(seq, dtype=torch.bool)
         counted[:, -1] = True  # the label only
-        return split(seq, counted)
+        return next_token_batch(seq, counted)

@@ -77,11 +77,11 @@ def test_olsson_attention_only_models_have_no_mlp(norm, n_layers):
 
 
 def test_resolved_fills_head_and_mlp_sizes():
-    by_d_head = GPTConfig(d_model=128, n_heads=None, d_head=32).resolved()
+    by_d_head = GPTConfig(d_model=128, n_heads=None, d_head=32).with_derived_sizes()
     assert (by_d_head.n_heads, by_d_head.d_head, by_d_head.d_mlp) == (4, 32, 512)
-    by_n_heads = GPTConfig(d_model=128, n_heads=8, d_mlp=300).resolved()
+    by_n_heads = GPTConfig(d_model=128, n_heads=8, d_mlp=300).with_derived_sizes()
     assert (by_n_heads.n_heads, by_n_heads.d_head, by_n_heads.d_mlp) == (8, 16, 300)
-    assert by_n_heads.resolved() == by_n_heads
+    assert by_n_heads.with_derived_sizes() == by_n_heads
 
 
 @pytest.mark.parametrize(
@@ -298,7 +298,7 @@ def test_ladder_grid_and_table():
     rungs = ladder(d_vocab=15, n_ctx=16)
     assert len(rungs) == 20
     assert [(c.d_model, c.n_layers) for c in rungs[3:5]] == [(32, 8), (64, 1)]
-    resolved = [c.resolved() for c in rungs]
+    resolved = [c.with_derived_sizes() for c in rungs]
     assert all(c.d_head == 32 and c.d_mlp == 4 * c.d_model for c in resolved)
     for cfg in ladder((32, 64), (1, 2), d_vocab=15, n_ctx=16, pos="rotary"):
         assert GPT(cfg).num_params() == count_params(cfg)["total"]

@@ -80,7 +80,7 @@ def test_slices_partition_the_eval_set_and_their_table_counts_add_up(spec):
 def scoring_config(task):
     from models import GPTConfig
     return GPTConfig(d_vocab=task.d_vocab, n_ctx=task.seq_len, d_model=16, n_layers=1,
-                     n_heads=2).resolved()
+                     n_heads=2).with_derived_sizes()
 
 
 def test_score_names_slices_and_logs_only_the_main_attribute_in_training():

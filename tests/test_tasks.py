@@ -167,11 +167,11 @@ def test_parity_and_recall_held_out_problems_never_reach_training(seed, test_fra
 def test_arithmetic_held_out_share_matches_test_fraction():
     task = tasks.build({"kind": "arithmetic", "digits": 3, "test_fraction": 0.05})
     problems = task.sample(200_000, generator())
-    share = task.held_out(problems).float().mean().item()
+    share = task.is_held_out(problems).float().mean().item()
     assert 0.045 < share < 0.055
     first_digit = problems[:, 2]  # the hash must not favour some operands
     for d in range(10):
-        assert 0.04 < task.held_out(problems[first_digit == d]).float().mean().item() < 0.06
+        assert 0.04 < task.is_held_out(problems[first_digit == d]).float().mean().item() < 0.06
 
 
 def test_arithmetic_rows_left_in_the_test_bucket_are_not_trained_on():
@@ -427,7 +427,7 @@ def test_default_eval_set_is_every_held_out_problem_up_to_a_thousand(kind):
              "associative_recall": {"n_pairs": 1, "n_keys": 8, "n_values": 8}}[kind]
     task = tasks.build({"kind": kind, "test_fraction": 0.1, **small})
     everything = task.sample(200_000, generator())
-    held_out = unique_rows(everything[task.held_out(everything)])
+    held_out = unique_rows(everything[task.is_held_out(everything)])
     assert 0 < len(task.eval_set()) == len(held_out) < EVAL_SIZE
     assert len(task.train_eval_set()) == min(EVAL_SIZE, task.cfg.problems() - len(held_out))
     assert len(tasks.build({"kind": kind}).eval_set()) == EVAL_SIZE
