@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -213,6 +214,98 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     task = run.task()
     model = run.load_model(step)
     return export_hf(model, out_dir, task.vocab, task.sep)
+
+
+def _halves_to_pairs(w: Tensor, n_heads: int) -> Tensor:
+    """Reorder each head's rows of a query or key projection [H*D, ...] from rotary on halves
+    (dims j, j + D/2 rotate together; phaselab, HF) to rotary on adjacent pairs (2j, 2j + 1;
+    TransformerLens's native model). Queries and keys permuted alike leave the scores unchanged."""
+    heads = w.unflatten(0, (n_heads, 2, -1))  # [H, half, D/2, ...]
+    return heads.transpose(1, 2).flatten(0, 2)
+
+
+@torch.no_grad()
+def native_tensors(model: GPT) -> dict[str, Tensor]:
+    """The state dict of TransformerLens's native model computing `model`'s logits."""
+    cfg, d = model.cfg, model.cfg.d_model
+    pos = model.pos_embed.weight if model.pos_embed is not None else torch.zeros(cfg.n_ctx, d)
+    out = {"tok_embed.weight": model.embed.weight}
+    if cfg.pos != "rotary":
+        out["pos.weight"] = pos
+    rotary = (lambda w: _halves_to_pairs(w, cfg.n_heads)) if cfg.pos == "rotary" else None
+    for i, block in enumerate(model.blocks):
+        p, w = f"layers.{i}.", attention_weights(model, i)
+        for name, norm in (("ln1", block.ln1), ("ln2", block.ln2)):
+            if norm is not None and cfg.norm != "none":
+                out[p + name + ".weight"] = norm.weight
+                if cfg.norm == "layernorm":
+                    out[p + name + ".bias"] = _norm(norm, d)[1]
+        for name in "qkvo":
+            weight, bias = w[f"w{name}"], _or_zeros(w[f"b{name}"], d)
+            if rotary is not None and name in "qk":
+                weight, bias = rotary(weight), rotary(bias)
+            out[p + f"attn.{name}.weight"], out[p + f"attn.{name}.bias"] = weight, bias
+        if block.mlp is not None:
+            out[p + "mlp.fc_in.weight"] = block.mlp.fc.weight
+            out[p + "mlp.fc_in.bias"] = _or_zeros(block.mlp.fc.bias, cfg.d_mlp)
+            out[p + "mlp.fc_out.weight"] = block.mlp.proj.weight
+            out[p + "mlp.fc_out.bias"] = _or_zeros(block.mlp.proj.bias, d)
+    if cfg.norm != "none":
+        out["ln_out.weight"] = model.ln_f.weight
+        if cfg.norm == "layernorm":
+            out["ln_out.bias"] = _norm(model.ln_f, d)[1]
+    readout = model.embed.weight if model.unembed is None else model.unembed.weight
+    out["head.weight"] = readout / model.width_mult
+    return out
+
+
+def native_bridge(model: GPT, tokenizer):
+    """A TransformerBridge over TransformerLens's native architecture holding `model`'s
+    weights: the route for every variant, including those no HF layout represents."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native.model import NativeModel
+
+    cfg = model.cfg
+    tl_cfg = TransformerBridgeConfig.from_dict({
+        "d_model": cfg.d_model, "d_head": cfg.d_head, "n_layers": cfg.n_layers,
+        "n_ctx": cfg.n_ctx, "n_heads": cfg.n_heads, "d_vocab": cfg.d_vocab, "d_mlp": cfg.d_mlp,
+        "act_fn": cfg.act, "eps": 1e-5, "attn_only": cfg.attn_only,
+        "normalization_type": {"layernorm": "LN", "rmsnorm": "RMS", "none": None}[cfg.norm],
+        "positional_embedding_type": "rotary" if cfg.pos == "rotary" else "standard",
+        "rotary_base": 10_000, "tokenizer_prepends_bos": False, "init_weights": False,
+        "architecture": "TransformerLensNative",
+    })
+    native = NativeModel(tl_cfg)
+    tensors = {k: v.detach().float().cpu() for k, v in native_tensors(model).items()}
+    missing, unexpected = native.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"weight names do not match the native model: missing {missing}, "
+                           f"unexpected {unexpected}")
+    return build_bridge_from_module(native.eval(), "TransformerLensNative", tl_config=tl_cfg,
+                                    tokenizer=tokenizer, model_name="phaselab").eval()
+
+
+def to_bridge(model: GPT, vocab: list[str] | None = None, sep: str = " "):
+    """A TransformerLens TransformerBridge computing `model`'s logits, hook names and attention
+    patterns: over the exported HF model where a layout represents the variant, else over
+    TransformerLens's native architecture. `vocab` (default: the token ids) makes its tokenizer.
+    (TransformerLens's `hook_embed` is the token embedding alone; phaselab's adds the learned
+    positions, which TransformerLens records as `hook_pos_embed`.)"""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tok = tokenizer(vocab or [str(i) for i in range(model.cfg.d_vocab)], sep if vocab else " ")
+    try:
+        layout(model.cfg)
+    except ValueError:
+        return native_bridge(model, tok)
+    hf = to_hf(model)
+    hf.config._attn_implementation = "eager"  # the bridge records patterns from eager attention
+    # The bridge reads the config from a path (a name would be looked up on the Hub).
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.config.save_pretrained(tmp)
+        return TransformerBridge.boot_transformers(
+            tmp, hf_model=hf, tokenizer=tok, device="cpu", dtype=torch.float32)
 
 
 def main(argv: list[str] | None = None) -> None:

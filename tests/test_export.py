@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from models import GPT, GPTConfig, load_model, save_model
+from models.hooks import hook_names
 
 if "interop" in os.environ.get("PHASELAB_EXTRAS", ""):
     import transformers  # installed with the extra, so its absence is a failure
 else:
     transformers = pytest.importorskip(
         "transformers", reason='needs the interop extra: pip install -e ".[interop]"')
-from models.export import export_hf, layout  # noqa: E402
+from models.export import export_hf, layout, to_bridge  # noqa: E402
 
 VOCAB = [str(i) for i in range(10)] + ["+", "=", "ab"]
 BASE = dict(d_vocab=len(VOCAB), n_ctx=12, d_model=32, n_layers=2, d_head=8, d_mlp=48)
@@ -93,3 +94,38 @@ def test_tokenizer_covers_the_task_vocabulary(tmp_path, sep):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids == [VOCAB.index(s) for s in ["1", "ab", "+", "2", "="]]
     assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, *REFUSED])
+def test_transformer_lens_bridge_equals_phaselab(tmp_path, variant):
+    """Every variant, the unexportable ones through TransformerLens's native architecture."""
+    pytest.importorskip("transformer_lens", reason='needs the interop extra')
+    overrides = VARIANTS[variant] if variant in VARIANTS else REFUSED[variant][0]
+    model = tiny_model(tmp_path, **overrides)
+    x = tokens(model)
+    with torch.no_grad():
+        want, cache = model(x, cache=True)
+        logits, bridge_cache = to_bridge(model).run_with_cache(x)
+    assert (logits - want).abs().max() < 1e-4
+    names = [name for name in cache if name != "hook_embed"]  # TL's is the token embedding only
+    assert names == hook_names(model.cfg.n_layers, model.cfg.attn_only)[1:]
+    for name in names:
+        assert (bridge_cache[name] - cache[name]).abs().max() < 1e-4, name
+
+
+def test_nnsight_reads_phaselab_patterns(tmp_path):
+    """nnsight opens the HF export (attention patterns) and wraps phaselab's module itself."""
+    nnsight = pytest.importorskip("nnsight", reason='needs the interop extra')
+    model = tiny_model(tmp_path)
+    x = tokens(model)
+    with torch.no_grad():
+        _, cache = model(x, cache=True)
+    lm = nnsight.LanguageModel(str(export_hf(model, tmp_path / "hf", VOCAB)),
+                               attn_implementation="eager", dispatch=True)
+    with torch.no_grad(), lm.trace(x):
+        pattern = lm.transformer.h[1].attn.output[1].save()
+    assert (pattern - cache["blocks.1.attn.hook_pattern"]).abs().max() < 1e-5
+    wrapped = nnsight.NNsight(model)
+    with torch.no_grad(), wrapped.trace(x):
+        resid = wrapped.blocks[0].output.save()
+    assert (resid - cache["blocks.0.hook_resid_post"]).abs().max() < 1e-6
