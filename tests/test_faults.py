@@ -116,7 +116,11 @@ def wandb_records(path: Path) -> list:
 
 
 def wandb_fragments(run: Path) -> list[list]:
-    """The records of each offline run below `run`, oldest first."""
+    """The records of each offline run below `run`, oldest first, once wandb's service has
+    written everything (as it does when the training process exits)."""
+    import wandb
+
+    wandb.teardown()
     return [wandb_records(next(d.glob("*.wandb"))) for d in sorted(run.glob("wandb/offline-run-*"))]
 
 
