@@ -2,7 +2,8 @@
 
 The run directory (its layout: models/layout.py) is the only input: `.hydra/config.yaml` (and
 `overrides.yaml`), `metrics.jsonl`, `checkpoints/step_NNNNNNN/model.safetensors`,
-`summary.json`. This is the I/O edge of `analysis/`; everything downstream is pure.
+`summary.json`. Scoring and some figures load checkpoints through `Run` and run the models;
+the statistics and tables built from the scores table are pure functions of it.
 
 A bad item (an unreadable config, a run without checkpoints, a corrupt checkpoint) is logged as
 one warning naming its path and skipped, so the other runs are still scored.

@@ -1,7 +1,7 @@
 """The task registry: `TASKS` maps a config's `kind` to (config dataclass, task class), and
 `build` turns a config -- the dataclass, or a plain mapping with the same keys such as a run's
 `.hydra/config.yaml` read back -- into a task. Adding a task: one module, one line here, one YAML
-file in conf/task/."""
+file in conf/task/, and a small config in tests/test_tasks.py's SMALL (the shared task tests)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def test_nanda_grokking_model_is_expressible():
     model = GPT(dataclasses.replace(cfg, act="relu", norm="none", bias=False))
     assert model.cfg.d_head == 32
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
-    assert 220_000 < model.num_params() < 235_000  # "about 227k parameters" (REFERENCE.md)
+    assert 220_000 < model.num_params() < 235_000  # "~227k parameters" (conf/model/nanda.yaml)
     assert model(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, 114)
 
 
