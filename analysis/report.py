@@ -121,6 +121,7 @@ def causal_section(df: pd.DataFrame) -> str | None:
     layer = summary.filter(like="causal/loss/")
     if len(layer.columns):
         layer.columns = [c.removeprefix("causal/loss/") for c in layer.columns]
+        layer = layer[["clean", *sorted(c for c in layer.columns if c != "clean")]]
         parts += ["Loss with each layer's attention or MLP output zeroed:",
                   markdown_table(layer.reset_index())]
     return "\n\n".join(parts)
