@@ -18,6 +18,7 @@ HYDRA_OVERRIDES = ".hydra/overrides.yaml"
 RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+LOCK = ".lock"  # flock'ed while a process trains in the run directory; names its PID and host
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
 META = "meta.json"

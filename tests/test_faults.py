@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_train import RESUMABLE, ROOT, TINY, config, read, records, train, wait_for
+from test_train import RESUMABLE, ROOT, TINY, cli, config, read, records, train, wait_for
 
 from analysis.runs import score
 from train.log import truncate_metrics
@@ -234,3 +234,54 @@ def test_an_unreadable_metrics_line_inside_the_file_is_an_error_naming_it(finish
     path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match=rf"{path}, line 2"):
         truncate_metrics(path, 4)
+
+
+# --- damaged training state -------------------------------------------------------------------
+
+
+def test_an_unreadable_newest_state_falls_back_to_an_older_checkpoint(finished_run, tmp_path,
+                                                                      caplog):
+    path = tmp_path / "crashed"
+    shutil.copytree(finished_run, path)
+    (path / "summary.json").unlink()
+    state = path / "checkpoints/step_0000012/state.pt"
+    state.write_bytes(b"not a torch file")
+    with caplog.at_level(logging.WARNING, logger="train.run_dir"):
+        train(path, *KEEP_ALL)
+    assert any(str(state) in r.getMessage() for r in caplog.records)
+    assert records(path) == records(finished_run)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_run_without_a_loadable_state_is_refused_naming_the_file(tmp_path, damage):
+    """keep_state=last: the newest state.pt is the only one; without it nothing can resume,
+    and a fresh start would silently replace the checkpoints."""
+    train(tmp_path, "train.steps=4")
+    (tmp_path / "summary.json").unlink()  # as if killed after the last checkpoint
+    state = tmp_path / "checkpoints/step_0000004/state.pt"
+    if damage == "missing":
+        state.unlink()
+    else:
+        state.write_bytes(b"\x80\x02garbage")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=f"{state}.*lose steps 0-4") as refusal:
+        train(tmp_path, "train.steps=4")
+    assert "weights_only" not in str(refusal.value)
+    assert snapshot(tmp_path) == before
+
+
+# --- two processes, one directory -------------------------------------------------------------
+
+
+def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_path):
+    args = [*TINY, "train.steps=100000", "train.eval_every=100000", f"hydra.run.dir={tmp_path}"]
+    first = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(tmp_path / "checkpoints/step_0000002")
+        second = cli(*args)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode != 0
+    assert f"{tmp_path} is in use by pid {first.pid} on host" in second.stderr

@@ -64,6 +64,12 @@ def prune_states(checkpoints: Path, keep: int) -> None:
             path.unlink()
 
 
+def saved_steps(checkpoints: Path) -> list[int]:
+    """The steps of every complete checkpoint, ascending, with or without state.pt."""
+    return sorted(step for path in checkpoints.glob("step_*")
+                  if (step := layout.step_of(path)) is not None)
+
+
 def resumable_steps(checkpoints: Path) -> list[int]:
     """The steps whose checkpoint holds state.pt, ascending, after removing half-written ones."""
     for tmp in checkpoints.glob(TMP_PREFIX + "*"):
@@ -99,7 +105,14 @@ def set_rng_state(state: dict, data_generator: torch.Generator) -> None:
 
 
 def load_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / layout.STATE, weights_only=True, map_location="cpu")
+    """state.pt of `checkpoint`; ValueError naming the file where it does not load. It holds
+    only tensors and plain containers, so loading it never needs weights_only=False."""
+    path = checkpoint / layout.STATE
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises several types, with advice that does not apply here
+        raise ValueError(f"{path} is not a readable training state ({type(e).__name__}): "
+                         f"truncated, damaged or not written by this code") from None
 
 
 class Preemption:

@@ -9,6 +9,7 @@ state.pt, provided the config is the same (only `wandb.*`, `compile`, `threads` 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ from train.config import Config
 from train.log import truncate_metrics
 
 log = logging.getLogger(__name__)
+
+_locked: dict[Path, object] = {}  # the run directories this process holds: their lock files
 
 # Keys a resumed run may change: they do not touch what is computed.
 MAY_CHANGE_ON_RESUME = ("wandb.", "compile", "threads", "train.overwrite")
@@ -93,12 +96,14 @@ class RunDir:
         self.cfg, self.overrides, self.group = cfg, overrides, group
         self.hydra_files = hydra_files
         self.info: dict = {}
+        self.states: dict[int, dict] = {}  # the newest loadable state.pt, read by `open`
         self.last_record: dict = {}  # the newest record in metrics.jsonl when training starts
 
     def open(self) -> list[int]:
         """Check the directory (wiping it for train.overwrite=true); return the steps it can
         resume from (ascending). Writes nothing else: `begin` does, once the model has loaded."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
         if self.cfg.train.overwrite:
             for name in (layout.CHECKPOINTS, "wandb"):
                 shutil.rmtree(self.path / name, ignore_errors=True)
@@ -108,7 +113,7 @@ class RunDir:
             raise FileExistsError(
                 f"{self.path} holds a completed run (summary.json); pass train.overwrite=true to "
                 f"train it again from scratch, or choose another directory (hydra.run.dir=...)")
-        resumable = checkpoint.resumable_steps(self.checkpoints)
+        resumable = self.loadable(checkpoint.resumable_steps(self.checkpoints))
         previous = read_json(self.path / layout.RUN_INFO)
         if resumable and previous:
             if changes := config_changes(previous["config"], dataclasses.asdict(self.cfg)):
@@ -118,6 +123,63 @@ class RunDir:
                     f"train.overwrite=true to start it over, or choose another directory")
             self.info = previous
         return resumable
+
+    def lock(self) -> None:
+        """Hold the directory for this process (released by `unlock` or when it exits): two
+        processes training in one directory would interleave their records and checkpoints."""
+        key = self.path.resolve()
+        if key in _locked:
+            return
+        f = (self.path / layout.LOCK).open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not yet written its PID"
+            f.close()
+            raise RuntimeError(f"{self.path} is in use by {holder}; wait for it to end, or "
+                               f"choose another directory") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        f.flush()
+        _locked[key] = f
+
+    def unlock(self) -> None:
+        if (f := _locked.pop(self.path.resolve(), None)) is not None:
+            f.close()
+
+    def loadable(self, steps: list[int]) -> list[int]:
+        """`steps` up to the newest whose state.pt loads (kept for `load_state`): an unreadable
+        newer one is skipped with a warning, and the steps after the resumed one are trained
+        again (bitwise as before). A directory whose checkpoints hold no loadable state is
+        refused: starting over would silently discard them."""
+        while steps:
+            step_dir = self.checkpoints / layout.step_dir_name(steps[-1])
+            try:
+                self.states = {steps[-1]: checkpoint.load_state(step_dir)}
+                break
+            except ValueError as e:
+                log.warning("%s; resuming from an older checkpoint", e)
+                steps = steps[:-1]
+        saved = checkpoint.saved_steps(self.checkpoints)
+        if saved and not steps and not self.cfg.train.overwrite:
+            newest = self.checkpoints / layout.step_dir_name(saved[-1]) / layout.STATE
+            raise ValueError(
+                f"{self.path} cannot resume: no checkpoint holds a loadable state.pt (the newest, "
+                f"{newest}, is missing or unreadable). Starting over would lose steps 0-"
+                f"{saved[-1]} and their checkpoints; restore the file, pass train.overwrite=true "
+                f"to start over, or choose another directory")
+        if saved and steps and saved[-1] > steps[-1]:
+            log.warning("%s: resuming from step %d; the checkpoints after it have no loadable "
+                        "state.pt and are written again", self.path, steps[-1])
+        return steps
+
+    def load_state(self, step: int) -> dict:
+        """The training state of checkpoint `step` (loaded once)."""
+        if step not in self.states:
+            self.states = {step: checkpoint.load_state(
+                self.checkpoints / layout.step_dir_name(step))}
+        return self.states.pop(step)
 
     def begin(self, resume: Path | None) -> None:
         """Write run.json (and `.hydra/` where asked), drop the metrics recorded after the

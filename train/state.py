@@ -180,6 +180,7 @@ class RunState:
                                   progress.tokens, progress.elapsed(), self.last,
                                   diverged=diverged is not None)
         self.logger.close(summary, ok=status != "failed")
+        self.dir.unlock()
         self.alive = False
 
 
@@ -238,7 +239,7 @@ def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
                        torch.Generator(device).manual_seed(cfg.data_seed), TrainStats(device),
                        last=run_dir.last_record, alive=not stop)
         if resume is not None:
-            state = checkpoint.load_state(resume)
+            state = run_dir.load_state(resume_step)
             run.optimizer.load_state_dict(state["optimizer"])
             run.scheduler.load_state_dict(state["scheduler"])
             checkpoint.set_rng_state(state["rng"], run.generator)
