@@ -285,3 +285,24 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_pa
         first.wait()
     assert second.returncode != 0
     assert f"{tmp_path} is in use by pid {first.pid} on host" in second.stderr
+
+
+# --- refused resumes --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ended", ["killed", "completed"])
+def test_a_refused_rerun_leaves_the_recorded_config(tmp_path, ended):
+    """Hydra rewrites .hydra/ before the run starts; the refusal puts back the run's."""
+    args = [*TINY, "train.steps=4", f"hydra.run.dir={tmp_path}"]
+    assert cli(*args).returncode == 0
+    if ended == "killed":
+        (tmp_path / "summary.json").unlink()
+    recorded = read(tmp_path / "run.json")
+    result = cli(*args, "model.d_model=32")
+    assert result.returncode != 0
+    assert ("different config" if ended == "killed" else "completed run") in result.stderr
+    config = OmegaConf.to_container(OmegaConf.load(tmp_path / ".hydra/config.yaml"))
+    assert config == recorded["config"] and config["model"]["d_model"] == 16
+    assert OmegaConf.to_container(OmegaConf.load(tmp_path / ".hydra/overrides.yaml")) == (
+        recorded["overrides"])

@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from models import layout
 from train import checkpoint
@@ -80,7 +80,7 @@ def config_changes(old: dict, new: dict) -> list[str]:
     ]
 
 
-def write_hydra_files(path: Path, cfg: Config, overrides: list[str]) -> None:
+def write_hydra_files(path: Path, cfg: Config | DictConfig, overrides: list[str]) -> None:
     """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them for a run it launches."""
     hydra_dir = path / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +104,21 @@ class RunDir:
         resume from (ascending). Writes nothing else: `begin` does, once the model has loaded."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
+        try:
+            return self.check()
+        except Exception:
+            self.restore_hydra_files()
+            raise
+
+    def restore_hydra_files(self) -> None:
+        """Hydra writes `.hydra/` for the new command before the run starts; a refused run puts
+        back the recorded run's, so the directory still describes what it holds."""
+        previous = read_json(self.path / layout.RUN_INFO)
+        if previous and not self.hydra_files:
+            write_hydra_files(self.path, OmegaConf.create(previous["config"]),
+                              previous["overrides"])
+
+    def check(self) -> list[int]:
         if self.cfg.train.overwrite:
             for name in (layout.CHECKPOINTS, "wandb"):
                 shutil.rmtree(self.path / name, ignore_errors=True)
