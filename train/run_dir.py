@@ -114,7 +114,7 @@ class RunDir:
         """Hydra writes `.hydra/` for the new command before the run starts; a refused run puts
         back the recorded run's, so the directory still describes what it holds."""
         previous = read_json(self.path / layout.RUN_INFO)
-        if previous and not self.hydra_files:
+        if previous and not self.hydra_files and (self.path / layout.HYDRA_CONFIG).exists():
             write_hydra_files(self.path, OmegaConf.create(previous["config"]),
                               previous["overrides"])
 
