@@ -31,6 +31,7 @@ from torch import Tensor
 
 from models.config import GPTConfig
 from models.gpt import GPT
+from models.layout import HYDRA_CONFIG
 
 
 def layout(cfg: GPTConfig) -> str:
@@ -207,7 +208,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     from analysis.runs import Run
 
     run_dir = Path(run_dir)
-    config_path = run_dir / ".hydra" / "config.yaml"
+    config_path = run_dir / HYDRA_CONFIG
     if not config_path.exists():
         raise ValueError(f"{run_dir} is not a run directory (no .hydra/config.yaml)")
     run = Run(run_dir, run_dir.name, OmegaConf.load(config_path))

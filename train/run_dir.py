@@ -82,10 +82,9 @@ def config_changes(old: dict, new: dict) -> list[str]:
 
 def write_hydra_files(path: Path, cfg: Config | DictConfig, overrides: list[str]) -> None:
     """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them for a run it launches."""
-    hydra_dir = path / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(cfg), hydra_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+    (path / layout.HYDRA_CONFIG).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), path / layout.HYDRA_CONFIG)
+    OmegaConf.save(OmegaConf.create(overrides), path / layout.HYDRA_OVERRIDES)
 
 
 class RunDir:
