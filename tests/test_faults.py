@@ -6,6 +6,7 @@ Runs are the tiny ones of test_train.py.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -306,3 +308,26 @@ def test_a_refused_rerun_leaves_the_recorded_config(tmp_path, ended):
     assert config == recorded["config"] and config["model"]["d_model"] == 16
     assert OmegaConf.to_container(OmegaConf.load(tmp_path / ".hydra/overrides.yaml")) == (
         recorded["overrides"])
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_one_error_naming_the_checkpoint_and_the_run_is_marked_failed(
+        tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def full_after_step_2(obj, path, *args, **kwargs):
+        if "step_0000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_after_step_2)
+    checkpoint = tmp_path / "checkpoints/step_0000004"
+    with pytest.raises(OSError, match=f"cannot write the checkpoint {checkpoint} .No space") as e:
+        train(tmp_path)
+    assert e.value.errno == errno.ENOSPC and e.value.__cause__ is None
+    summary = read(tmp_path / "summary.json")
+    assert summary["status"] == "failed" and str(checkpoint) in summary["error"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_0000000", "step_0000001", "step_0000002"]

@@ -46,11 +46,16 @@ def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
     final = checkpoints / layout.step_dir_name(step)
     tmp = checkpoints / (TMP_PREFIX + final.name)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp / layout.WEIGHTS, metadata=meta)
-    (tmp / layout.META).write_text(json.dumps(meta, indent=1) + "\n")
-    if state is not None:
-        torch.save(state, tmp / layout.STATE)
+    try:
+        tmp.mkdir(parents=True)
+        save_model(model, tmp / layout.WEIGHTS, metadata=meta)
+        (tmp / layout.META).write_text(json.dumps(meta, indent=1) + "\n")
+        if state is not None:
+            torch.save(state, tmp / layout.STATE)
+    except OSError as e:  # a full disk, say: one error naming the checkpoint, not the writers'
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(e.errno, f"cannot write the checkpoint {final} ({e.strerror or e}); the "
+                               f"checkpoints before it are unchanged") from None
     if final.exists():  # left by an earlier attempt at this run that got further than its state
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -233,5 +233,8 @@ class RunDir:
             "metrics": {key: value for key, value in last.items() if "/" in key},
             "finished": now(),
         }
-        write_json(self.path / layout.SUMMARY, summary)
+        try:
+            write_json(self.path / layout.SUMMARY, summary)
+        except OSError as e:  # a full disk: the error that stopped the run is the one to see
+            log.error("cannot write %s: %s", self.path / layout.SUMMARY, e)
         return summary
