@@ -51,7 +51,7 @@ def estimate(overrides: list[str], mfu: float, peak: float, overhead_s: float) -
             cfg = OmegaConf.to_object(compose("config", point))
             key = repr(cfg.task)  # one build per distinct task: building makes its eval sets
             task = built[key] = built.get(key) or tasks.build(cfg.task)
-            model = model_config_for(cfg.model, task).resolved()
+            model = model_config_for(cfg.model, task).for_building()
             members = cfg.train.ensemble
             flops = (flops_per_token(model) * cfg.train.steps * cfg.train.batch_size
                      * model.n_ctx * members)
