@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import random
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,19 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_train import RESUMABLE, ROOT, TINY, cli, config, read, records, train, wait_for
+from test_train import (
+    RESUMABLE,
+    ROOT,
+    TINY,
+    assert_same_weights,
+    cli,
+    config,
+    read,
+    records,
+    train,
+    wait_for,
+    weights,
+)
 
 from analysis.runs import score
 from train.log import truncate_metrics
@@ -331,3 +344,35 @@ def test_a_full_disk_is_one_error_naming_the_checkpoint_and_the_run_is_marked_fa
     assert summary["status"] == "failed" and str(checkpoint) in summary["error"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_0000000", "step_0000001", "step_0000002"]
+
+
+# --- random kills -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("members", [1, 2])
+def test_random_kill_9s_then_a_resume_end_as_an_uninterrupted_run(tmp_path, members):
+    """Six kill -9s at random points of a run checkpointing every step (inside a checkpoint
+    write or between two), each attempt resuming the last; the run that finally completes has
+    the records and weights of one never interrupted."""
+    steps = ["train.steps=120", "checkpoint.every=1", f"train.ensemble={members}"]
+    reference, faulty = tmp_path / "reference", tmp_path / "faulty"
+    train(reference, *RESUMABLE, *steps)
+    runs = [""] if members == 1 else [f"member_{i}" for i in range(members)]
+    args = [*TINY, *RESUMABLE, *steps, f"hydra.run.dir={faulty}"]
+    rng = random.Random(members)
+    for when in sorted(rng.sample(range(2, 110), 6)):
+        proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(faulty / runs[-1] / f"checkpoints/step_{when:07d}")
+        time.sleep(rng.uniform(0, 0.03))
+        proc.kill()
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, stderr
+
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    for name in runs:
+        assert read(faulty / name / "summary.json")["status"] == "completed"
+        assert records(faulty / name) == records(reference / name)
+        assert_same_weights(weights(faulty / name, 120), weights(reference / name, 120))
