@@ -376,3 +376,23 @@ def test_random_kill_9s_then_a_resume_end_as_an_uninterrupted_run(tmp_path, memb
         assert read(faulty / name / "summary.json")["status"] == "completed"
         assert records(faulty / name) == records(reference / name)
         assert_same_weights(weights(faulty / name, 120), weights(reference / name, 120))
+
+
+@pytest.mark.slow
+def test_a_requeued_offline_run_is_one_wandb_run_logging_each_step_once(tmp_path, wandb_home):
+    """Each attempt writes an offline-run-* fragment under the run's one id (run.json), so
+    `wandb sync` of the fragments, oldest first, resumes one run; no step is logged twice."""
+    args = [*TINY, *RESUMABLE, "wandb.mode=offline", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "checkpoints/step_0000002")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert cli(*args).returncode == 0
+    fragments = wandb_fragments(tmp_path)
+    assert len(fragments) == 2
+    ids = {r.run.run_id for fragment in fragments for r in fragment if r.HasField("run")}
+    assert ids == {read(tmp_path / "run.json")["wandb_id"]}
+    steps = [step for fragment in fragments for step in history_steps(fragment)]
+    assert steps == [row["step"] for row in records(tmp_path)]
