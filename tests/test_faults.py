@@ -29,6 +29,7 @@ from test_train import (
     assert_same_weights,
     cli,
     config,
+    preempt,
     read,
     records,
     train,
@@ -174,13 +175,7 @@ def test_the_wandb_summary_holds_sizes_compute_and_sweep_coordinates(tmp_path, w
 
 @pytest.mark.slow
 def test_a_preempted_run_is_marked_preempted_in_wandb(tmp_path, wandb_home):
-    args = [*TINY, *RESUMABLE, "wandb.mode=offline", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(tmp_path / "checkpoints/step_0000002")
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    preempt(tmp_path, "wandb.mode=offline")
     assert read(tmp_path / "summary.json")["status"] == "preempted"
     (records,) = wandb_fragments(tmp_path)
     assert any(r.HasField("preempting") for r in records)
@@ -382,13 +377,7 @@ def test_random_kill_9s_then_a_resume_end_as_an_uninterrupted_run(tmp_path, memb
 def test_a_requeued_offline_run_is_one_wandb_run_logging_each_step_once(tmp_path, wandb_home):
     """Each attempt writes an offline-run-* fragment under the run's one id (run.json), so
     `wandb sync` of the fragments, oldest first, resumes one run; no step is logged twice."""
-    args = [*TINY, *RESUMABLE, "wandb.mode=offline", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(tmp_path / "checkpoints/step_0000002")
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    args = preempt(tmp_path, "wandb.mode=offline")
     assert cli(*args).returncode == 0
     fragments = wandb_fragments(tmp_path)
     assert len(fragments) == 2

@@ -137,17 +137,24 @@ def test_full_batch_training_on_a_finite_training_set(tmp_path):
 RESUMABLE = ["train.steps=300", "train.eval_every=1000", "train.log_every=25"]
 
 
+def preempt(run_dir: Path, *overrides: str) -> list[str]:
+    """`python -m train` of a RESUMABLE run into `run_dir`, sent SIGTERM once checkpoint 2 is
+    saved; it must exit 0. Returns its arguments, to resume with `cli(*args)`."""
+    args = [*TINY, *RESUMABLE, *overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "checkpoints/step_0000002")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    return args
+
+
 def test_resume_after_sigterm_matches_an_uninterrupted_run_bitwise(tmp_path):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     train(reference, *RESUMABLE)
 
-    args = [*TINY, *RESUMABLE, f"hydra.run.dir={stopped}"]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(stopped / "checkpoints/step_0000002")
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    args = preempt(stopped)
     summary = read(stopped / "summary.json")
     assert summary["status"] == "preempted" and 2 <= summary["steps"] < 300
     newest = f"step_{summary['steps']:07d}"
