@@ -1,5 +1,6 @@
-"""Shared slow runs: each reproduction is trained once per test session, then every test that
-checks something of it (phenomenon, slices, causal scores, forecasts) reads the same runs."""
+"""Shared runs: each is trained once per test session, then every test that checks something of
+it reads the same runs. The reproductions (phenomenon, slices, causal scores, forecasts) are slow;
+the tiny demo run is not."""
 
 from __future__ import annotations
 
@@ -30,4 +31,14 @@ def addition_dir(tmp_path_factory):
     """addition_emergence_small over seeds 0 and 1: the sweep directory."""
     out = tmp_path_factory.mktemp("addition")
     train(out, "addition_emergence_small", "seed=0,1", sweep=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """experiment=demo cut to one tiny run (d_model 16, 20 steps, checkpoints 0, 10, 20) trained
+    in `python -m train`'s own process: the sweep directory, holding run 0."""
+    out = tmp_path_factory.mktemp("demo")
+    train(out, "demo", "hydra/launcher=basic", "model.d_model=16", "seed=0", "train.steps=20",
+          "checkpoint.every=10", "task.eval_size=50", sweep=True)
     return out

@@ -1,14 +1,19 @@
 """Export to Hugging Face transformers, and the tools that open it (TransformerLens, nnsight):
 logits and attention patterns equal phaselab's on tiny random models of every variant that
-maps; a variant that does not is refused naming the field."""
+maps; a variant that does not is refused naming the field. The command line exports what
+`python -m train` wrote."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from experiment_runs import ROOT, train
 
+from analysis.runs import find_runs
 from models import GPT, GPTConfig, load_model, save_model
 from models.hooks import hook_names
 
@@ -120,8 +125,9 @@ def test_nnsight_reads_phaselab_patterns(tmp_path):
     x = tokens(model)
     with torch.no_grad():
         _, cache = model(x, cache=True)
-    lm = nnsight.LanguageModel(str(export_hf(model, tmp_path / "hf", VOCAB)),
-                               attn_implementation="eager", dispatch=True)
+    lm = nnsight.TransformersModel(str(export_hf(model, tmp_path / "hf", VOCAB)),
+                                   task="text-generation", attn_implementation="eager",
+                                   dispatch=True)
     with torch.no_grad(), lm.trace(x):
         pattern = lm.transformer.h[1].attn.output[1].save()
     assert (pattern - cache["blocks.1.attn.hook_pattern"]).abs().max() < 1e-5
@@ -129,3 +135,39 @@ def test_nnsight_reads_phaselab_patterns(tmp_path):
     with torch.no_grad(), wrapped.trace(x):
         resid = wrapped.blocks[0].output.save()
     assert (resid - cache["blocks.0.hook_resid_post"]).abs().max() < 1e-6
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "models.export", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exports_a_trained_run_that_transformers_opens(demo_dir, tmp_path):
+    """`python -m models.export RUN --step N --to hf OUT` on a run that `python -m train` wrote:
+    transformers' Auto classes give the checkpoint's logits and the task's tokens."""
+    (run,) = find_runs(demo_dir)
+    assert run.checkpoints() == [0, 10, 20]
+    done = export_cli(str(run.path), "--step", "10", "--to", "hf", str(tmp_path / "hf"))
+    assert done.returncode == 0, done.stderr
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model, task = run.load_model(step=10), run.task()
+    x = task.eval_set().tokens
+    with torch.no_grad():
+        want, got = model(x), hf(x).logits
+    assert (got - want).abs().max() < 1e-4
+    assert not torch.equal(want, run.load_model(step=20)(x))  # --step chose the checkpoint
+    assert tok.convert_ids_to_tokens(list(range(len(task.vocab)))) == task.vocab
+    for row in x:  # the eval set's text tokenizes back to its tokens (pad tokens aside)
+        kept = [t for t in row.tolist() if t != task.pad_token]
+        text = task.decode(row)
+        assert tok(text, add_special_tokens=False)["input_ids"] == kept
+        assert tok.decode(kept) == text
+
+
+def test_cli_refuses_an_unmappable_run_naming_the_field(tmp_path):
+    (run,) = train(tmp_path / "run", "demo", "hydra/launcher=basic", "model.d_model=8", "seed=0",
+                   "model.norm=none", "train.steps=1", "task.eval_size=8", sweep=True)
+    done = export_cli(str(run.path), "--to", "hf", str(tmp_path / "hf"))
+    assert done.returncode != 0 and "model.norm" in done.stderr
+    assert not (tmp_path / "hf").exists()
