@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = emergence.summarize(df)
     summary.to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
+    figures += plots.slice_figures(by_slice, out / "figures")
     sections = [s for s in [slices.errors_section(by_slice, markdown_table), causal_section(df)]
                 if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])

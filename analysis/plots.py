@@ -306,3 +306,49 @@ def _top_head_attention(df: pd.DataFrame, runs: dict[str, Run]) -> Figure | None
     except BAD_ITEM:
         return None
     return attention_pattern(model, task.eval_set(), vocab=task.vocab)
+
+
+def exact_match_by_slice(by_slice: pd.DataFrame, attribute: str,
+                         metric: str = "eval/exact_match") -> Figure | None:
+    """`metric` on each slice of one attribute (`carries=0`, `carries=1`, ...): against
+    parameters at every run's last checkpoint (seed means), and against step for the largest
+    model (mean over its runs). A slice that rises later than the others is a sub-skill that
+    appears later; one that stays low where the whole set looks solved is a ceiling."""
+    table = by_slice[(by_slice["metric"] == metric)
+                     & by_slice["slice"].str.startswith(attribute + "=")]
+    if table.empty:
+        return None
+    value_of = lambda name: int(name.split("=")[1])
+    wide_x = table["params"].nunique() > 1
+    fig = Figure(figsize=(6.4 * (1 + wide_x), 4.2), layout="constrained")
+    axes = fig.subplots(1, 1 + wide_x, squeeze=False)[0]
+    top = table[table["params"] == table["params"].max()]
+    panels = [(axes[-1], top, "step")]
+    if wide_x:
+        panels.insert(0, (axes[0], _final(table), "params"))
+    for ax, rows, x in panels:
+        for name in sorted(rows["slice"].unique(), key=value_of):
+            series = rows[rows["slice"] == name]
+            curve = series.groupby(x)["value"].mean()
+            ax.plot(curve.index, curve.to_numpy(), marker="o", label=name)
+        _set_log_x(ax, rows[x])
+        ax.set(xlabel="parameters" if x == "params" else "step", ylabel=metric)
+    if wide_x:
+        axes[0].set_title(f"{metric} per slice vs parameters (last checkpoint)")
+    axes[-1].set_title(f"{metric} per slice during training, {_params(top)}")
+    axes[-1].legend(fontsize="small")
+    return fig
+
+
+def slice_figures(by_slice: pd.DataFrame, outdir: str | Path) -> list[Path]:
+    """One `exact_match_by_<attribute>` figure per sliced attribute of each task; the paths."""
+    paths = []
+    for task, table in by_slice.groupby("task", sort=False):
+        sliced = table.loc[table["slice"] != "all", "slice"]
+        for attribute in sorted(set(sliced.str.split("=").str[0])):
+            fig = exact_match_by_slice(table, attribute)
+            if fig is not None:
+                path = Path(outdir) / f"{task}_exact_match_by_{attribute}.png"
+                fig.savefig(path, dpi=120)
+                paths.append(path)
+    return paths

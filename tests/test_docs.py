@@ -3,6 +3,7 @@ shell lines in a subprocess, the Python blocks of each route in one namespace.""
 
 from __future__ import annotations
 
+import importlib.util
 import linecache
 import re
 import shlex
@@ -68,3 +69,39 @@ def test_readme_inspection_examples_run_on_a_demo_run(demo_dir, tmp_path, route)
             assert language == "python", language
             run_python(code, f"<README {route} {i}>", namespace)
     assert CHECKS[route](namespace)
+
+
+# ------------------------------- docs/experiments.md's measured blocks (scripts/docs.py)
+
+
+@pytest.fixture(scope="module")
+def docs_script():
+    spec = importlib.util.spec_from_file_location("docs_script", ROOT / "scripts" / "docs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_documented_experiment_exists_and_has_its_block(docs_script):
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    for exp in docs_script.EXPERIMENTS:
+        assert (ROOT / "conf" / "experiment" / f"{exp.name}.yaml").exists()
+        assert f"<!-- docs:{exp.name} -->" in text and f"<!-- /docs:{exp.name} -->" in text
+
+
+def test_a_block_is_replaced_between_its_markers_and_nothing_else_changes(docs_script):
+    text = ("intro\n<!-- docs:a -->\nold\n<!-- /docs:a -->\nmiddle\n"
+            "<!-- docs:b -->\nkeep\n<!-- /docs:b -->\n")
+    new = docs_script.replace_block(text, "a", "fresh\ntable")
+    assert new == text.replace("old", "fresh\ntable")
+    with pytest.raises(SystemExit, match="docs:c"):
+        docs_script.replace_block(text, "c", "x")
+
+
+def test_report_sections_are_picked_by_heading_nested_and_without_images(docs_script):
+    report = ("# Analysis: x\n\nintro\n\n## Runs\n\n| a |\n\n## Forecast of exact match from "
+              "the smaller rungs\n\ntext\n\n![f](figures/f.png)\n\n## Figures\n\n![g](g.png)\n")
+    picked = docs_script.sections(report, ("Forecast of exact match", "Runs", "Missing"))
+    assert picked == ["#### Forecast of exact match from the smaller rungs\ntext",
+                      "#### Runs\n| a |"]

@@ -1,0 +1,196 @@
+"""Regenerate the measured parts of docs/experiments.md and the README figure from real runs.
+
+    bash scripts/docs.sh                       # every experiment below (~40 min on 2 cores)
+    bash scripts/docs.sh demo grokking_small   # some of them
+    bash scripts/docs.sh --reuse               # keep finished training runs, redo the analysis
+
+For each experiment: train it with `python -m train experiment=<name>` into
+multirun/docs/<name>, run `python -m analysis` on it, and write, between the markers
+`<!-- docs:<name> -->` and `<!-- /docs:<name> -->` of docs/experiments.md, the chosen sections
+of its report.md (their tables are computed by the analysis, never typed), the figures (copied
+to docs/figures/) and the time training and analysis took. Text outside the markers is kept, so
+the prose says how to read a block and the block says what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.report import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "experiments.md"
+FIGURES = ROOT / "docs" / "figures"
+RUNS = ROOT / "multirun" / "docs"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    sections: tuple[str, ...]  # report.md headings (after "## ") copied into the block
+    figures: tuple[str, ...]  # globs of <analysis>/figures/*.png copied to docs/figures/
+    analysis: tuple[str, ...] = ()  # extra `python -m analysis` flags
+    sweep: bool = True  # a multirun (hydra.sweep.dir) or a single run (hydra.run.dir)
+    report: str = "report.md"
+    readme_figure: dict[str, str] = field(default_factory=dict)  # stem -> docs/figures name
+    slice_table: tuple[str, ...] = ()  # attributes whose slices get a table per layout
+
+
+EMERGENCE = ("Emergence across model sizes", "Verdicts", "Where the errors are")
+EXPERIMENTS = (
+    Experiment("demo", EMERGENCE, ("arithmetic_mirage", "arithmetic_exact_match_by_len_a"),
+               readme_figure={"arithmetic_mirage": "demo_mirage.png"}),
+    Experiment("addition_emergence_small", (*EMERGENCE, "Forecast of exact match"),
+               ("arithmetic_mirage", "arithmetic_exact_match_by_carries", "forecast"),
+               ("--last", "--forecast")),
+    Experiment("addition_layouts", ("Runs",), (), ("--last",), slice_table=("len_a", "len_b")),
+    Experiment("addition_format_small", ("Runs", "Where the errors are"), (), ("--last",)),
+    Experiment("grokking_small", ("Events during training", "Causal checks"),
+               ("modular_grokking_*",), sweep=False),
+    Experiment("grokking_sweep_small", ("Runs", "Events during training"), (), ("--last",)),
+    Experiment("induction_heads_small", ("Events during training", "Causal checks"),
+               ("induction_induction", "induction_attention")),
+    Experiment("parity_small", ("Events during training",), ("parity_eval_loss_vs_step",),
+               sweep=False),
+    Experiment("mup_transfer_small", ("Learning-rate transfer",), ("lr_transfer",),
+               ("--transfer",), report="transfer.md"),
+)
+
+
+def sections(markdown: str, headings: tuple[str, ...]) -> list[str]:
+    """The `#`/`##` sections of a report whose heading starts with one of `headings`, in that
+    order, as `####` (to nest under the docs' own headings), without their image links (the
+    chosen figures are copied and linked separately)."""
+    found = {}
+    for part in re.split(r"(?m)^#{1,2} ", markdown)[1:]:
+        title, _, body = part.partition("\n")
+        body = "\n".join(line for line in body.splitlines() if not line.startswith("!["))
+        found[title.strip()] = f"#### {title.strip()}\n{body.strip()}"
+    return [text for h in headings for title, text in found.items() if title.startswith(h)]
+
+
+def slice_table(scores: pd.DataFrame, attributes: tuple[str, ...],
+                metric: str = "eval/exact_match") -> str:
+    """Markdown: `metric` at each run's last step on the whole set and on every slice of
+    `attributes`, one row per setting of the coordinates that vary (seeds pooled): the mean over
+    seeds, and the lowest seed in brackets."""
+    rows = scores[scores["metric"] == metric]
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    wanted = rows["slice"].eq("all") | rows["slice"].str.split("=").str[0].isin(attributes)
+    fixed = {"run", "step", "tokens", "flops", "params", "non_embedding_params", "metric",
+             "slice", "value", "seed"}
+    keys = [c for c in rows.columns if c not in fixed and rows[c].nunique(dropna=False) > 1]
+    rows = rows[wanted].astype({k: object for k in keys}).fillna({k: "null" for k in keys})
+    table = rows.groupby([*keys, "slice"], dropna=False)["value"].agg(["mean", "min"])
+    cells = table.apply(lambda r: f"{r['mean']:.3f} ({r['min']:.3f})", axis=1).unstack("slice")
+    cells = cells[["all", *sorted(c for c in cells.columns if c != "all")]]
+    return (f"{metric} at the last step, mean over seeds (lowest seed):\n\n"
+            + markdown_table(cells.reset_index()))
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """`text` with the lines between its markers for `name` replaced by `block`."""
+    start, end = f"<!-- docs:{name} -->", f"<!-- /docs:{name} -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"docs: {DOC.relative_to(ROOT)} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + block.strip() + "\n" + end + rest.split(end, 1)[1]
+
+
+def completed(run_dir: Path) -> bool:
+    """Every run below `run_dir` finished (summary.json status completed)."""
+    summaries = list(run_dir.rglob("summary.json"))
+    return bool(summaries) and all(
+        json.loads(p.read_text()).get("status") == "completed" for p in summaries)
+
+
+def timed(cmd: list[str], log: Path) -> float:
+    """Run `cmd` from the repository root, its output appended to `log`; seconds it took."""
+    print("docs: " + " ".join(cmd), flush=True)
+    began = time.perf_counter()
+    with log.open("a") as f:
+        result = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise SystemExit(f"docs: {' '.join(cmd)} failed (exit {result.returncode}); see {log}")
+    return time.perf_counter() - began
+
+
+def train(exp: Experiment, run_dir: Path, reuse: bool) -> dict:
+    """Train `exp` into `run_dir` unless `reuse` and it finished there; its timing record."""
+    record = run_dir / "docs_time.json"
+    if reuse and completed(run_dir) and record.exists():
+        return json.loads(record.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    where = "hydra.sweep.dir" if exp.sweep else "hydra.run.dir"
+    seconds = timed([sys.executable, "-m", "train", f"experiment={exp.name}",
+                     f"{where}={run_dir}", "wandb.mode=disabled"], run_dir / "docs.log")
+    runs = len(list(run_dir.rglob("summary.json")))
+    info = {"train_s": round(seconds), "runs": runs,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    record.write_text(json.dumps(info))
+    return info
+
+
+def document(exp: Experiment, reuse: bool) -> str:
+    """Train and analyse `exp`; the markdown block for docs/experiments.md."""
+    run_dir = RUNS / exp.name
+    info = train(exp, run_dir, reuse)
+    out = run_dir / "analysis"
+    shutil.rmtree(out, ignore_errors=True)
+    analysis_s = timed([sys.executable, "-m", "analysis", str(run_dir), *exp.analysis],
+                       run_dir / "docs.log")
+    parts = [f"_Measured by `bash scripts/docs.sh {exp.name}` on {info['date']} ({info['machine']},"
+             f" shared with other work): training {info['train_s']} s for {info['runs']} runs, "
+             f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._"]
+    parts += sections((out / exp.report).read_text(), exp.sections)
+    if exp.slice_table:
+        parts.append(slice_table(pd.read_csv(out / "scores.csv"), exp.slice_table))
+    for pattern in exp.figures:
+        found = sorted((out / "figures").glob(f"{pattern}.png"))
+        if not found:
+            raise SystemExit(f"docs: {exp.name}: no figure {pattern}.png in {out / 'figures'}")
+        for source in found:
+            target = FIGURES / f"{exp.name}_{source.name}"
+            shutil.copyfile(source, target)
+            parts.append(f"![{exp.name}: {source.stem}](figures/{target.name})")
+            if source.stem in exp.readme_figure:
+                shutil.copyfile(source, FIGURES / exp.readme_figure[source.stem])
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = [e.name for e in EXPERIMENTS]
+    parser = argparse.ArgumentParser(prog="scripts/docs.sh", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(names)}")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep training runs that finished; redo only the analysis")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(names))
+    if unknown:
+        parser.error(f"unknown experiment {', '.join(unknown)}: choose from {', '.join(names)}")
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    for exp in EXPERIMENTS:
+        if args.names and exp.name not in args.names:
+            continue
+        block = document(exp, args.reuse)
+        DOC.write_text(replace_block(DOC.read_text(), exp.name, block))  # after each one
+        print(f"docs: {exp.name} written to {DOC.relative_to(ROOT)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
