@@ -46,15 +46,16 @@ class Experiment:
     report: str = "report.md"
     readme_figure: dict[str, str] = field(default_factory=dict)  # stem -> docs/figures name
     slice_table: tuple[str, ...] = ()  # attributes whose slices get a table per layout
+    ladder_table: bool = False  # a table of seed means per rung (ladder_table below)
 
 
 EMERGENCE = ("Emergence across model sizes", "Verdicts", "Where the errors are")
 EXPERIMENTS = (
-    Experiment("demo", EMERGENCE, ("arithmetic_mirage", "arithmetic_exact_match_by_len_a"),
-               readme_figure={"arithmetic_mirage": "demo_mirage.png"}),
+    Experiment("demo", EMERGENCE, ("arithmetic_mirage", "arithmetic_exact_match_by_carries"),
+               readme_figure={"arithmetic_mirage": "demo_mirage.png"}, ladder_table=True),
     Experiment("addition_emergence_small", (*EMERGENCE, "Forecast of exact match"),
-               ("arithmetic_mirage", "arithmetic_exact_match_by_carries", "forecast"),
-               ("--last", "--forecast")),
+               ("arithmetic_mirage", "arithmetic_exact_match_by_len_a", "forecast"),
+               ("--last", "--forecast"), ladder_table=True),
     Experiment("addition_layouts", ("Runs",), (), ("--last",), slice_table=("len_a", "len_b")),
     Experiment("addition_format_small", ("Runs", "Where the errors are"), (), ("--last",)),
     Experiment("grokking_small", ("Events during training", "Causal checks"),
@@ -98,6 +99,30 @@ def slice_table(scores: pd.DataFrame, attributes: tuple[str, ...],
     cells = cells[["all", *sorted(c for c in cells.columns if c != "all")]]
     return (f"{metric} at the last step, mean over seeds (lowest seed):\n\n"
             + markdown_table(cells.reset_index()))
+
+
+LADDER = {"eval/exact_match": "exact match", "eval/token_accuracy": "token accuracy",
+          "eval/edit_distance": "edit distance", "eval/answer_logprob": "answer log-prob",
+          "eval/predicted_exact_match_from_positions": "p^L, product over positions"}
+
+
+def ladder_table(scores: pd.DataFrame) -> str:
+    """Markdown: per rung (d_model), at each run's last step, the seed mean [lowest, highest
+    seed] of the exact and continuous metrics, and the seed mean of each answer position's
+    log-probability (chance for a digit: log 1/10 = -2.30)."""
+    rows = scores[scores["slice"] == "all"]
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    stats = rows.groupby(["d_model", "params", "metric"])["value"].agg(["mean", "min", "max"])
+    main = stats[stats.index.get_level_values("metric").isin(LADDER)].apply(
+        lambda r: f"{r['mean']:.3f} [{r['min']:.3f}, {r['max']:.3f}]", axis=1).unstack("metric")
+    table = main[[m for m in LADDER if m in main.columns]].rename(columns=LADDER)
+    positions = stats["mean"].unstack("metric").filter(like="answer_position/logprob/")
+    if len(positions.columns):
+        table["log p per answer position"] = positions.apply(
+            lambda r: " / ".join(f"{v:.2f}" for v in r), axis=1)
+    seeds = rows.groupby("d_model")["run"].nunique()
+    return (f"Per rung, at the last step: mean over seeds [lowest, highest] ({seeds.min()} "
+            "seeds per rung):\n\n" + markdown_table(table.reset_index()))
 
 
 def replace_block(text: str, name: str, block: str) -> str:
@@ -157,6 +182,8 @@ def document(exp: Experiment, reuse: bool) -> str:
              f" shared with other work): training {info['train_s']} s for {info['runs']} runs, "
              f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._"]
     parts += sections((out / exp.report).read_text(), exp.sections)
+    if exp.ladder_table:
+        parts.append(ladder_table(pd.read_csv(out / "scores.csv")))
     if exp.slice_table:
         parts.append(slice_table(pd.read_csv(out / "scores.csv"), exp.slice_table))
     for pattern in exp.figures:
