@@ -229,6 +229,8 @@ def plateau_drop(steps, loss, band: float = 0.1) -> dict[str, float]:
 
 
 def _too_few(n: int, unit: str, statistic: str) -> str:
+    """e.g. "3 rungs: too few for breakthroughness (needs 5)"."""
+    unit = unit.removesuffix("s") if n == 1 else unit
     return f"{n} {unit}: too few for {statistic} (needs {MIN_POINTS})"
 
 

@@ -200,8 +200,7 @@ def _phase_change(rows: pd.DataFrame) -> str:
     else:
         start, end = (_row(rows, "induction_loss", f"phase_change_{name}")["value"]
                       for name in ("start", "end"))
-        text = (f"phase change at step {describe(change)} (window {_number(start)}-"
-                f"{_number(end)})")
+        text = f"phase change at step {describe(change)}, window {_number(start)}-{_number(end)}"
     head = _row(rows, "prefix_matching_max", "head_formation_step")
     if head is None:
         return text

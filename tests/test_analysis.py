@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 import models
 import tasks
-from analysis import emergence, mechanistic, metrics, plots, runs, scoring, summary
+from analysis import emergence, mechanistic, metrics, plots, report, runs, scoring, summary
 from analysis.__main__ import main
 from analysis.evaluate import Outputs, evaluate
 from tasks import Batch
@@ -461,6 +461,19 @@ def test_the_summary_names_a_coinciding_phase_change_only_where_a_head_forms_at_
     assert "coinciding" not in one
 
 
+def test_the_report_ends_with_computed_verdicts_under_the_rules_that_decide_them(tmp_path):
+    scores = induction_scores({1: None, 2: 800}, {1: None, 2: 850})
+    path = report.write_report(scores, summary.summarize(scores), [], [], tmp_path, "induction")
+    text = path.read_text()
+    verdicts = text.split("## Verdicts")[1]
+    assert "## " not in verdicts  # the last section
+    assert "95% t-interval over seeds" in verdicts and "within 20% of the steps" in verdicts
+    assert "- n_layers=2: phase change at step 8" in verdicts  # 800 +- 20, (1 seed)
+    assert "(1 seed)" in verdicts and "- n_layers=1: phase change: none" in verdicts
+    events = text.split("## Events during training")[1].split("## Verdicts")[0]
+    assert "| n_layers=1 | prefix_matching_max | head_formation_step | none: max prefix" in events
+
+
 def test_t_interval_is_the_student_interval_of_the_mean_and_none_for_one_value():
     interval = summary.t_interval([1.0, 2.0, 3.0, float("nan")])
     assert interval["mean"] == 2.0 and interval["n"] == 3
@@ -692,7 +705,11 @@ def test_cli_scores_a_sweep_writes_report_and_rescoring_is_incremental(
     assert {"eval/exact_match", "train_eval/exact_match", "weight_norm",
             "fourier_top_fraction", "eval/answer_logprob"} <= set(scores["metric"])
     assert scores.groupby("run")["params"].first().is_monotonic_increasing
-    assert (out / "summary.csv").stat().st_size > 0
+    table = pd.read_csv(out / "summary.csv")
+    assert list(table.columns[-len(summary.COLUMNS):]) == list(summary.COLUMNS)
+    # One rung per seed (the two runs differ in seed and width): no size statistic, and why.
+    notes = summary.select(table, "eval/exact_match", "breakthroughness", "params")["note"]
+    assert set(notes) == {"1 rung: too few for breakthroughness (needs 5)"}
     report = (out / "report.md").read_text()
     for row, d_model in (("| 0 |", 16), ("| 1 |", 32)):
         line = next(line for line in report.splitlines() if line.startswith(row))
