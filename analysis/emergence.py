@@ -151,15 +151,15 @@ def phase_change(steps, loss, window: float = PHASE_CHANGE_WINDOW,
     """The phase change of a loss (>= 0, falling towards 0) against steps, or none.
 
     Rule, on the loss through `running_median`: a phase change is the largest fall within a
-    window of `window` of the steps the curve spans (at least one evaluation interval), named
-    only where that fall is at least `fall` of the curve's total fall (initial - final) AND at
-    least `fall` of its initial value: most of what the curve ever falls, and large in absolute
-    terms, in a short time. The second condition keeps a model that barely learns (a small total
-    fall, most of it early) from having a "phase change". `start` and `end` are the window's
-    evaluations, trimmed of flat ends; `step` is where the loss crosses the middle of the fall
-    (linear interpolation). Always returned: `largest_fall` (in any window) and `required_fall`;
-    `step`, `start`, `end` are NaN where there is no phase change or fewer than MIN_POINTS
-    evaluations.
+    window spanning `window` (a fraction) of the steps the curve spans (at least one evaluation
+    interval), named only where that fall is at least `fall` of the curve's total fall
+    (initial - final) AND at least `fall` of its initial value: most of what the curve ever
+    falls, and large in absolute terms, in a short time. The second condition keeps a model
+    that barely learns (a small total fall, most of it early) from having a "phase change".
+    `start` and `end` are the window's evaluations, trimmed of flat ends; `step` is where the
+    loss crosses the middle of the fall (linear interpolation). Always returned: `largest_fall`
+    (in any window) and `required_fall`; `step`, `start`, `end` are NaN where there is no phase
+    change or fewer than MIN_POINTS evaluations.
     """
     x, y = _curve(steps, loss, log_x=False)
     none = {"step": float("nan"), "start": float("nan"), "end": float("nan")}
@@ -252,9 +252,13 @@ def _induction(x: np.ndarray, wide: pd.DataFrame) -> dict[tuple[str, str], tuple
     (within COINCIDENCE_TOLERANCE of the steps spanned)."""
     change = phase_change(x, wide["induction_loss"])
     found = np.isfinite(change["step"])
-    why = ("" if found else f"none: largest fall {change['largest_fall']:.3g}, needs "
-           f"{change['required_fall']:.3g}" if np.isfinite(change["required_fall"])
-           else _too_few(len(x), "evaluations", "a phase change"))
+    if found:
+        why = ""
+    elif np.isfinite(change["required_fall"]):
+        largest, required = change["largest_fall"], change["required_fall"]
+        why = f"none: largest fall {largest:.3g}, needs {required:.3g}"
+    else:
+        why = _too_few(len(x), "evaluations", "a phase change")
     stats = {("induction_loss", f"phase_change_{name}"):
              (value, why if name in ("step", "start", "end") else "")
              for name, value in change.items()}

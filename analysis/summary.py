@@ -36,7 +36,7 @@ from analysis.emergence import (
 )
 
 COLUMNS = ("axis", "metric", "statistic", "value", "low", "high", "n_seeds", "n_points", "note")
-# Two-sided 95% quantiles of Student's t with 1..30 degrees of freedom.
+# Two-sided 95% quantiles of Student's t with 1..30 degrees of freedom (the normal's 1.96 beyond).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -62,7 +62,7 @@ def t_interval(values) -> dict[str, float]:
     the seeds' range and covers the mean far less often than it claims; t stays honest (wide)
     at few seeds."""
     values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]  # inf stays: a breakthroughness with one step not flat
+    values = values[~np.isnan(values)]  # inf stays: breakthroughness with all steps but one flat
     n = len(values)
     mean = float(values.mean()) if n else float("nan")
     if n < 2 or not np.isfinite(values).all():
@@ -75,7 +75,7 @@ def t_interval(values) -> dict[str, float]:
 def _over_seeds(per_seed: list[tuple[float, str]]) -> dict:
     """One summary row's value, interval and note from each seed's (value, why none)."""
     interval = t_interval([value for value, _ in per_seed])
-    missing = [why for value, why in per_seed if not np.isfinite(value)]
+    missing = [why for value, why in per_seed if np.isnan(value)]
     note = missing[0] if missing else ""
     if missing and interval["n"]:
         note = f"none in {len(missing)} of {len(per_seed)} seeds ({note})"
@@ -164,7 +164,7 @@ def describe(row) -> str:
 
 
 def series_labels(rows: pd.DataFrame) -> pd.Series:
-    """Each row's series as "n_layers=2, seed_offset=1": the coordinates that vary."""
+    """Each row's series as "n_layers=2, weight_decay=1": the coordinates that vary."""
     keys = [c for c in rows.columns if c not in COLUMNS and rows[c].nunique() > 1]
     return pd.Series([", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in zip(keys, values, strict=True) if pd.notna(v))
