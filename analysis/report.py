@@ -83,6 +83,17 @@ def statistics_table(table: pd.DataFrame, axis: str, statistics, prefix: str = "
     return pivot[[s for s in statistics if s in pivot.columns]].reset_index()
 
 
+def too_few_rungs(table: pd.DataFrame) -> str | None:
+    """One sentence in place of a table of empty cells, where no series against parameters has
+    the rungs the statistics need (None where some has)."""
+    rows = table[(table["axis"] == "params") & table["statistic"].isin(STATISTICS)]
+    if rows.empty or rows["value"].notna().any():
+        return None
+    rungs = " or ".join(str(n) for n in sorted(set(rows["n_points"])))
+    return (f"{rungs} rungs: too few for {', '.join(STATISTICS)} "
+            f"(needs {emergence.MIN_POINTS}).")
+
+
 def rules() -> str:
     """The rules the summary and the verdicts follow, from the constants that set them."""
     return (f"Every statistic is computed per seed, then averaged over the seeds that have one; "
@@ -179,7 +190,7 @@ def write_report(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
             "breakthroughness is also Schaeffer et al. 2023's emergence score). An exact metric "
             "with high breakthroughness beside a continuous one with high linearity is the "
             f"metric mirage. Intervals: {summary.INTERVAL}.",
-            markdown_table(sizes),
+            too_few_rungs(table) or markdown_table(sizes),
         ]
     if len(events):
         parts += ["## Events during training",

@@ -544,6 +544,8 @@ def test_a_three_rung_ladder_gets_no_breakthroughness_number_and_says_why():
     assert row["note"] == "3 rungs: too few for breakthroughness (needs 5)"
     assert ("all runs: sudden or smooth: no verdict (3 rungs: too few for breakthroughness "
             "(needs 5))") in summary.verdicts(table)
+    assert report.too_few_rungs(table) == ("3 rungs: too few for transition, sharpness, "
+                                           "linearity, breakthroughness (needs 5).")
 
 
 def ladder_scores(curves: dict, seeds=(0, 1, 2), rungs: int = 9) -> pd.DataFrame:
