@@ -1,6 +1,7 @@
 """The analysis report: a markdown file naming every run with its coordinates and final metrics,
-the emergence statistics, and the figures; optionally the same tables and figures in a wandb
-run with job_type="analysis".
+the emergence statistics over seeds (analysis.summary), the figures, and last the verdicts with
+the rules that decide them; optionally the same tables and figures in a wandb run with
+job_type="analysis".
 """
 
 from __future__ import annotations
