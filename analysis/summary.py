@@ -147,17 +147,19 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if np.isfinite(value) and abs(value) >= 1000 else f"{value:.3g}"
 
 
-def describe(row) -> str:
-    """A summary row as text: "9.1 [6.2, 12.0], 3 seeds", "9.1 (1 seed)", or its note."""
+def describe(row, seeds: bool = True) -> str:
+    """A summary row as text: "9.1 [6.2, 12.0], 3 seeds", "9.1 (1 seed)", or its note; without
+    the number of seeds if not `seeds`."""
     if np.isnan(row["value"]):
         return row["note"] if isinstance(row["note"], str) else ""
     text = _number(row["value"])
     if row["n_seeds"] == 1:
-        text += " (1 seed)"
+        text += " (1 seed)" if seeds else ""
     elif not np.isfinite(row["value"]):
         text += f" ({row['n_seeds']:.0f} seeds, no interval: infinite in some seed)"
     else:
-        text += f" [{_number(row['low'])}, {_number(row['high'])}], {row['n_seeds']:.0f} seeds"
+        text += f" [{_number(row['low'])}, {_number(row['high'])}]"
+        text += f", {row['n_seeds']:.0f} seeds" if seeds else ""
     if isinstance(row["note"], str) and row["note"]:
         text += f"; {row['note']}"
     return text
@@ -224,8 +226,10 @@ def _grokking(rows: pd.DataFrame) -> str | None:
     ratio = _row(rows, "eval/exact_match", "grokking_ratio")
     if np.isnan(generalized["value"]):
         return f"grokking: memorized at step {describe(memorized)}; {generalized['note']}"
-    return (f"grokking: memorized at step {describe(memorized)}, generalized at step "
-            f"{describe(generalized)}, {describe(ratio)} times later")
+    seeds = "1 seed" if ratio["n_seeds"] == 1 else f"{ratio['n_seeds']:.0f} seeds"
+    return (f"grokking: generalized {describe(ratio, seeds=False)} times as late as it "
+            f"memorized (steps {describe(generalized, seeds=False)} and "
+            f"{describe(memorized, seeds=False)}; {seeds})")
 
 
 def _sizes(rows: pd.DataFrame) -> list[str]:
@@ -237,11 +241,12 @@ def _sizes(rows: pd.DataFrame) -> list[str]:
 
 def verdicts(summary: pd.DataFrame) -> list[str]:
     """One line per series and finding, computed from the summary: sudden or smooth against
-    parameters (`sudden_or_smooth`) for each of VERDICT_METRICS, the induction phase change
+    parameters (`sudden_or_smooth`) for each of VERDICT_METRICS where the series has more than
+    one size, the induction phase change
     and whether it coincides with the head's formation, grokking's delay."""
     lines = []
     sizes = summary[(summary["axis"] == "params") & (summary["statistic"] == "breakthroughness")
-                    & summary["metric"].isin(VERDICT_METRICS)]
+                    & summary["metric"].isin(VERDICT_METRICS) & (summary["n_points"] > 1)]
     for series, rows in sizes.groupby(series_labels(sizes), sort=False):
         lines += [f"{series}: {line}" for line in _sizes(rows)]
     steps = summary[summary["axis"] == "step"]
