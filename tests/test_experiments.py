@@ -93,6 +93,9 @@ def test_the_phase_change_comes_with_the_induction_head_in_two_and_three_layers_
     def induction(statistic: str, layers: int, metric: str = "induction_loss") -> float:
         return estimate(table, metric, statistic, axis="step", n_layers=layers).value
 
+    # Measured (seed 0, 1,500 steps): phase change at steps 423 (2 layers) and 473 (3 layers),
+    # both windows 300-600, heads formed at 500 and 550; 1 layer: largest fall within the
+    # window 0.88 against 2.08 needed, max prefix matching 0.12.
     for layers in (2, 3):
         curve = curves[layers]
         assert curve["prefix_matching_max"].max() > 0.5
@@ -112,10 +115,12 @@ def test_the_phase_change_comes_with_the_induction_head_in_two_and_three_layers_
     assert np.isnan(induction("phase_change_step", 1))
     assert np.isnan(induction("head_formation_step", 1, "prefix_matching_max"))
     verdicts = (induction_dir / "analysis" / "report.md").read_text().split("## Verdicts")[1]
+    lines = [line for line in verdicts.splitlines() if line.startswith("- n_layers=")]
     for layers in (2, 3):
-        assert f"n_layers={layers}: phase change at step" in verdicts
-    assert verdicts.count("coinciding with the rise of prefix matching") == 2
-    assert "n_layers=1: phase change: none" in verdicts
+        line = next(line for line in lines
+                    if line.startswith(f"- n_layers={layers}: phase change at step"))
+        assert ", coinciding with the rise of prefix matching" in line
+    assert any(line.startswith("- n_layers=1: phase change: none") for line in lines)
 
 
 @pytest.mark.slow
