@@ -11,7 +11,7 @@
 scores in metrics.jsonl and in the analysis tables agree.
 """
 
-from analysis import emergence, mechanistic, metrics, plots
+from analysis import emergence, mechanistic, metrics, plots, summary
 from analysis.evaluate import Outputs, evaluate
 from analysis.runs import Run, find_runs, score
 
@@ -28,4 +28,5 @@ __all__ = [
     "metrics",
     "plots",
     "score",
+    "summary",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from analysis import emergence, forecast, plots, slices, transfer
+from analysis import forecast, plots, slices, summary, transfer
 from analysis.report import causal_section, log_to_wandb, markdown_table, write_report
 from analysis.runs import find_runs, score
 
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no checkpoint under %s could be scored", args.dir)
         return 1
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
-    summary = emergence.summarize(df)
-    summary.to_csv(out / "summary.csv", index=False)
+    table = summary.summarize(df)
+    table.to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
     figures += plots.slice_figures(by_slice, out / "figures")
     sections = [s for s in [slices.errors_section(by_slice, markdown_table), causal_section(df)]
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--forecast needs runs with eval/answer_logprob at >= %d sizes (got %d)",
                   args.holdout + 2, forecast.rungs(df))
         return 1
-    report = write_report(df, summary, figures, runs, out, title=args.dir.resolve().name,
+    report = write_report(df, table, figures, runs, out, title=args.dir.resolve().name,
                           sections=sections)
     if args.wandb != "disabled":
-        log_to_wandb(df, summary, figures, runs, out, group=args.dir.resolve().name,
+        log_to_wandb(df, table, figures, runs, out, group=args.dir.resolve().name,
                      mode=args.wandb)
     print(f"report: {report}")
     return 0

@@ -1,4 +1,5 @@
-"""Statistics of how a metric changes along an axis (parameters, FLOPs or training steps).
+"""Statistics of how a metric changes along an axis (parameters, FLOPs or training steps), of
+one curve (one seed); analysis.summary takes them over seeds.
 
 Pure numpy/pandas: curves in, numbers or tables out.
 
@@ -6,11 +7,11 @@ Pure numpy/pandas: curves in, numbers or tables out.
   change per decade of x).
 - How sudden, scale-free: BIG-bench's `linearity` and `breakthroughness` (Srivastava et al.
   2022); `emergence_score` (Schaeffer et al. 2023) is the same formula as breakthroughness.
+  `curve_statistics` gives none of the four below MIN_POINTS distinct x values.
 - Phenomenon-specific: `grokking_steps` (Power et al. 2022), the lead of the restricted loss
-  over test accuracy (Nanda et al. 2023, analysis.progress.lead), `phase_change_step` of the
-  induction loss and whether it coincides with the prefix-matching rise (Olsson et al. 2022),
+  over test accuracy (Nanda et al. 2023, analysis.progress.lead), `phase_change` of the
+  induction loss, `head_formation_step` and whether the two coincide (Olsson et al. 2022),
   `plateau_drop` of a loss that plateaus and then drops abruptly (Barak et al. 2022).
-- Seeds: `bootstrap_ci`. `summarize` turns a scores table into a table of all of these.
 
 Curves are given in axis order; points with a NaN value are dropped, and on log axes so are
 points with x <= 0 (e.g. step 0).
@@ -34,6 +35,19 @@ PROGRESS_EVENTS = ("restricted_halved_step", "lead_steps", "lead_evaluations", "
 # Per-head scores feed heatmaps, per-position ones forecasts, not curve statistics.
 PER_HEAD_PREFIX = "prefix_matching/"
 PER_POSITION_PREFIX = POSITION_PREFIX
+# Distinct x values (rungs, evaluations) below which a curve statistic is no number: with three
+# points, every monotone curve has linearity = breakthroughness = sqrt 2.
+MIN_POINTS = 5
+# A phase change: a fall of at least half the curve's total fall and half its initial value,
+# within a fifth of the steps the curve spans (see phase_change). A fifth holds the induction
+# loss's fall at 1,500 steps (~300 steps, 3.4 -> 0.1), where a tenth cuts it in two.
+PHASE_CHANGE_WINDOW = 0.2
+PHASE_CHANGE_FALL = 0.5
+# An induction head has formed once max prefix matching reaches 0.5 (a head attending half its
+# weight to the token after the previous occurrence); it coincides with the phase change when
+# it forms within the window widened by 5% of the steps spanned on each side.
+HEAD_THRESHOLD = 0.5
+COINCIDENCE_TOLERANCE = 0.05
 
 
 def _curve(x, y, log_x: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -123,37 +137,72 @@ def grokking_steps(steps, train_acc, test_acc, threshold: float = 0.99) -> dict[
             "ratio": ratio}
 
 
-def _steepest(x: np.ndarray, y: np.ndarray, log: bool) -> int | None:
-    """Index i of the segment (x[i], x[i+1]) where y falls fastest; None if y never falls."""
-    if len(y) < 2:
-        return None
-    slopes = np.diff(y) / (np.diff(np.log(x)) if log else np.diff(x))
-    i = int(np.argmin(slopes))
-    return i if slopes[i] < 0 else None
+def running_median(y: np.ndarray) -> np.ndarray:
+    """y through a running median of three evaluations (edges kept): a spike at one evaluation
+    (an Adam instability, up or down) goes, a change that lasts two evaluations or more stays."""
+    y = np.array(y, dtype=float)
+    if len(y) >= 3:
+        y[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    return y
 
 
-def phase_change_step(steps, loss, log: bool = True) -> float:
-    """Middle of the segment between checkpoints where `loss` falls fastest (NaN if it never
-    falls).
+def phase_change(steps, loss, window: float = PHASE_CHANGE_WINDOW,
+                 fall: float = PHASE_CHANGE_FALL) -> dict[str, float]:
+    """The phase change of a loss (>= 0, falling towards 0) against steps, or none.
 
-    Per log-step by default (midpoint: the geometric mean of the two steps): scale-free, so it
-    treats log-spaced checkpoints (Pythia's 0, 1, 2, 4, ...) and evenly spaced ones alike, and
-    is not drawn to the large early drop from the initial loss. log=False: per step."""
-    x, y = _curve(steps, loss, log_x=log)
-    i = _steepest(x, y, log)
-    if i is None:
+    Rule, on the loss through `running_median`: a phase change is the largest fall within a
+    window spanning `window` (a fraction) of the steps the curve spans (at least one evaluation
+    interval), named only where that fall is at least `fall` of the curve's total fall
+    (initial - final) AND at least `fall` of its initial value: most of what the curve ever
+    falls, and large in absolute terms, in a short time. The second condition keeps a model
+    that barely learns (a small total fall, most of it early) from having a "phase change".
+    `start` and `end` are the window's evaluations, trimmed of flat ends; `step` is where the
+    loss crosses the middle of the fall (linear interpolation). Always returned: `largest_fall`
+    (in any window) and `required_fall`; `step`, `start`, `end` are NaN where there is no phase
+    change or fewer than MIN_POINTS evaluations.
+    """
+    x, y = _curve(steps, loss, log_x=False)
+    none = {"step": float("nan"), "start": float("nan"), "end": float("nan")}
+    if len(y) < MIN_POINTS:
+        return {**none, "largest_fall": float("nan"), "required_fall": float("nan")}
+    y = running_median(y)
+    width = max(window * (x[-1] - x[0]), float(np.min(np.diff(x))))
+    best, i, j = -np.inf, 0, 0
+    for a in range(len(x)):
+        reach = np.flatnonzero((x >= x[a]) & (x <= x[a] + width))
+        b = int(reach[np.argmin(y[reach])])
+        if y[a] - y[b] > best:
+            best, i, j = y[a] - y[b], a, b
+    while i < j and y[i + 1] >= y[i]:  # trim flat or rising ends: the window is where it falls
+        i += 1
+    while j > i and y[j - 1] <= y[j]:
+        j -= 1
+    required = fall * max(y[0] - y[-1], y[0])
+    found = {"largest_fall": float(best), "required_fall": float(required)}
+    if best < required or best <= 0:
+        return {**none, **found}
+    middle = (y[i] + y[j]) / 2
+    k = i + int(np.flatnonzero(y[i:j + 1] <= middle)[0])  # first evaluation at or past it
+    t = (y[k - 1] - middle) / (y[k - 1] - y[k])
+    return {"step": float(x[k - 1] + t * (x[k] - x[k - 1])), "start": float(x[i]),
+            "end": float(x[j]), **found}
+
+
+def head_formation_step(steps, prefix_matching, threshold: float = HEAD_THRESHOLD) -> float:
+    """First evaluation where max prefix matching (through `running_median`) reaches
+    `threshold`: an induction head has formed (Olsson et al. 2022). NaN if it never does."""
+    x, y = _curve(steps, prefix_matching, log_x=False)
+    reached = np.flatnonzero(running_median(y) >= threshold)
+    return float(x[reached[0]]) if len(reached) else float("nan")
+
+
+def phase_change_coincides(change: dict[str, float], head_step: float,
+                           tolerance: float) -> float:
+    """1.0 if the head forms within the phase change's window widened by `tolerance` steps on
+    each side, 0.0 if not, NaN where there is no phase change or no head to compare."""
+    if not (np.isfinite(change["step"]) and np.isfinite(head_step)):
         return float("nan")
-    return float(np.sqrt(x[i] * x[i + 1]) if log else (x[i] + x[i + 1]) / 2)
-
-
-def phase_change_coincides(steps, loss, prefix_matching, tolerance: int = 1,
-                           log: bool = True) -> bool:
-    """Whether the loss falls and prefix matching rises, with the steepest fall and the
-    steepest rise within `tolerance` checkpoint intervals of each other (Olsson et al. 2022's
-    co-occurrence of the phase change and induction-head formation)."""
-    x, both = _curve(steps, np.stack([loss, prefix_matching], axis=1), log_x=log)
-    drop, rise = _steepest(x, both[:, 0], log), _steepest(x, -both[:, 1], log)
-    return drop is not None and rise is not None and abs(drop - rise) <= tolerance
+    return float(change["start"] - tolerance <= head_step <= change["end"] + tolerance)
 
 
 def plateau_drop(steps, loss, band: float = 0.1) -> dict[str, float]:
@@ -165,13 +214,11 @@ def plateau_drop(steps, loss, band: float = 0.1) -> dict[str, float]:
     length in units of the drop's; about 1 for a linear or exponential fall, far above 1 for a
     long plateau ended by a sudden drop. NaN where the loss never falls.
 
-    All of this reads the curve through a running median of three evaluations, so a spike at a
-    single evaluation (an Adam instability, up or down) neither stretches the range nor ends the
-    plateau; a change that lasts two evaluations or more is kept, edges and all.
+    All of this reads the curve through `running_median`, so a spike at a single evaluation
+    neither stretches the range nor ends the plateau.
     """
     x, y = _curve(steps, loss, log_x=False)
-    if len(y) >= 3:
-        y[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    y = running_median(y)
     end = int(np.flatnonzero(y <= y.min() + band * (y.max() - y.min()))[0]) if len(y) else 0
     if end == 0:  # no point before the floor: the curve does not fall
         return {"drop_start": float("nan"), "drop_end": float("nan"), "abruptness": float("nan")}
@@ -181,81 +228,80 @@ def plateau_drop(steps, loss, band: float = 0.1) -> dict[str, float]:
             "abruptness": float((x[start] - x[0]) / (x[end] - x[start]))}
 
 
-def bootstrap_ci(values, n: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Mean of `values` (e.g. one number per seed) and its 95% percentile-bootstrap interval."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return {"mean": float("nan"), "low": float("nan"), "high": float("nan")}
-    resampled = np.random.default_rng(seed).choice(values, size=(n, len(values))).mean(1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
+def _too_few(n: int, unit: str, statistic: str) -> str:
+    """e.g. "3 rungs: too few for breakthroughness (needs 5)"."""
+    unit = unit.removesuffix("s") if n == 1 else unit
+    return f"{n} {unit}: too few for {statistic} (needs {MIN_POINTS})"
 
 
-def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], float]:
-    """{(metric, statistic): value} for a table with one column per metric, indexed by the
-    axis (`params`, `flops` or `step`) in increasing order."""
+def _across(x: np.ndarray, y: np.ndarray, unit: str) -> dict[str, tuple[float, str]]:
+    """transition, sharpness, linearity, breakthroughness of one curve; no number (and why)
+    below MIN_POINTS distinct x: any monotone 3-point curve has breakthroughness sqrt 2."""
+    x, y = _curve(x, y, log_x=False)
+    functions = {"transition": lambda: transition_point(x, y), "sharpness": lambda: sharpness(x, y),
+                 "linearity": lambda: linearity(y), "breakthroughness": lambda: breakthroughness(y)}
+    n = len(np.unique(x))
+    if n < MIN_POINTS:
+        return {name: (float("nan"), _too_few(n, unit, name)) for name in functions}
+    return {name: (function(), "") for name, function in functions.items()}
+
+
+def _induction(x: np.ndarray, wide: pd.DataFrame) -> dict[tuple[str, str], tuple[float, str]]:
+    """The phase change of the induction loss (`phase_change_step`, `_start`, `_end`,
+    `_largest_fall`, `_required_fall`), the head's formation and whether they coincide
+    (within COINCIDENCE_TOLERANCE of the steps spanned)."""
+    change = phase_change(x, wide["induction_loss"])
+    found = np.isfinite(change["step"])
+    if found:
+        why = ""
+    elif np.isfinite(change["required_fall"]):
+        largest, required = change["largest_fall"], change["required_fall"]
+        why = f"none: largest fall {largest:.3g}, needs {required:.3g}"
+    else:
+        why = _too_few(len(x), "evaluations", "a phase change")
+    stats = {("induction_loss", f"phase_change_{name}"):
+             (value, why if name in ("step", "start", "end") else "")
+             for name, value in change.items()}
+    if "prefix_matching_max" in wide.columns:
+        head = head_formation_step(x, wide["prefix_matching_max"])
+        peak = np.nanmax(wide["prefix_matching_max"].to_numpy(dtype=float))
+        stats[("prefix_matching_max", "head_formation_step")] = (
+            head, "" if np.isfinite(head) else
+            f"none: max prefix matching peaks at {peak:.2f} (< {HEAD_THRESHOLD})")
+        tolerance = COINCIDENCE_TOLERANCE * (x.max() - x.min())
+        coincides = phase_change_coincides(change, head, tolerance)
+        stats[("induction_loss", "coincides_with_prefix_matching")] = (
+            coincides, "" if np.isfinite(coincides) else
+            "no phase change" if not found else "no induction head")
+    return stats
+
+
+def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], tuple[float, str]]:
+    """{(metric, statistic): (value, why there is none)} for one curve: a table with one column
+    per metric, indexed by the axis (`params`, `flops` or `step`). The reason is "" where there
+    is a value; a detector that finds nothing gives NaN and a reason starting "none"."""
     x = wide.index.to_numpy(dtype=float)
-    stats = {}
-    for metric in wide.columns:
-        y = wide[metric].to_numpy(dtype=float)
-        _, in_order = _curve(x, y, log_x=False)
-        stats[(metric, "transition")] = transition_point(x, y)
-        stats[(metric, "sharpness")] = sharpness(x, y)
-        stats[(metric, "linearity")] = linearity(in_order)
-        stats[(metric, "breakthroughness")] = breakthroughness(in_order)
+    unit = "evaluations" if axis == "step" else "rungs"
+    stats = {(metric, name): value for metric in wide.columns
+             for name, value in _across(x, wide[metric], unit).items()}
     if axis != "step":
         return stats
     if "eval/loss" in wide.columns:
         for name, value in plateau_drop(x, wide["eval/loss"]).items():
-            stats[("eval/loss", name)] = value
+            stats[("eval/loss", name)] = (value, "" if np.isfinite(value) else "none: no fall")
     if {"train_eval/exact_match", "eval/exact_match"} <= set(wide.columns):
         grok = grokking_steps(x, wide["train_eval/exact_match"], wide["eval/exact_match"])
+        never = {"memorization_step": "none: train accuracy never reaches 0.99",
+                 "generalization_step": "none: test accuracy never reaches 0.99",
+                 "ratio": "none: an accuracy never reaches 0.99"}
         for name, value in grok.items():
-            stats[("eval/exact_match", name if name != "ratio" else "grokking_ratio")] = value
+            stats[("eval/exact_match", name if name != "ratio" else "grokking_ratio")] = (
+                value, "" if np.isfinite(value) else never[name])
     if {"restricted_loss", "excluded_loss", "train_eval/exact_match",
             "eval/exact_match"} <= set(wide.columns):
         for name, value in progress.lead(wide).items():
             if name in PROGRESS_EVENTS:
-                stats[("restricted_loss", name)] = value
+                stats[("restricted_loss", name)] = (value, "")
     if "induction_loss" in wide.columns:
-        stats[("induction_loss", "phase_change_step")] = phase_change_step(
-            x, wide["induction_loss"])
-        if "prefix_matching_max" in wide.columns:
-            stats[("induction_loss", "coincides_with_prefix_matching")] = float(
-                phase_change_coincides(x, wide["induction_loss"], wide["prefix_matching_max"]))
+        stats |= _induction(x, wide)
     return stats
-
-
-def _wide(table: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """One column per metric, one row per axis value (mean over duplicates, e.g. seeds)."""
-    return table.pivot_table(index=axis, columns="metric", values="value", aggfunc="mean")
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Emergence statistics of a scores table (see analysis.runs.score), one row per
-    (series, metric, axis, statistic).
-
-    Along `params` and `flops`: each run's last checkpoint, one series per combination of the
-    coordinates that do not set the model's size or seed. Along `step`: one series per run
-    configuration up to its seed. `value` is the statistic of the seed-averaged curve;
-    `seed_mean`, `ci_low`, `ci_high` summarize the per-seed statistics (bootstrap_ci)."""
-    df = df[~df["metric"].str.startswith((PER_HEAD_PREFIX, PER_POSITION_PREFIX))]
-    coords = [c for c in df.columns if c not in TABLE_COLUMNS]
-    last = df[df["step"] == df.groupby("run")["step"].transform("max")]
-    rows = []
-    for axis, table, exclude in (("params", last, SIZE_COORDS), ("flops", last, SIZE_COORDS),
-                                 ("step", df, ())):
-        keys = [c for c in coords if c not in exclude and c != "seed"]
-        groups = table.groupby(keys, dropna=False) if keys else [((), table)]
-        for key, series in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            seeds = series.groupby("seed", dropna=False) if "seed" in series else [(0, series)]
-            per_seed = [curve_statistics(_wide(s, axis), axis) for _, s in seeds]
-            for (metric, statistic), value in curve_statistics(_wide(series, axis), axis).items():
-                ci = bootstrap_ci([stats.get((metric, statistic)) for stats in per_seed])
-                rows.append({**dict(zip(keys, key, strict=True)), "axis": axis,
-                             "metric": metric, "statistic": statistic, "value": value,
-                             "seed_mean": ci["mean"], "ci_low": ci["low"], "ci_high": ci["high"],
-                             "n_seeds": len(per_seed)})
-    return pd.DataFrame(rows)

@@ -167,17 +167,17 @@ def grokking_curves(table: pd.DataFrame, title: str = "") -> Figure:
 
 
 def induction_phase_change(df: pd.DataFrame) -> Figure:
-    """Induction loss against step per run, its phase change (steepest fall per log-step)
-    marked, and the largest prefix-matching score on a twin axis (Olsson et al. 2022)."""
+    """Induction loss against step per run, its phase change (emergence.phase_change) marked
+    where it has one, and the largest prefix-matching score on a twin axis (Olsson et al. 2022)."""
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     twin = ax.twinx() if "prefix_matching_max" in set(df["metric"]) else None
     for run, series in df.groupby("run", sort=False):
         wide = series.pivot_table(index="step", columns="metric", values="value")
         (line,) = ax.plot(wide.index, wide["induction_loss"], label=f"{run} ({_params(series)})")
-        change = emergence.phase_change_step(wide.index, wide["induction_loss"])
-        if np.isfinite(change):
-            ax.axvline(change, color=line.get_color(), linestyle=":", alpha=0.8)
+        change = emergence.phase_change(wide.index, wide["induction_loss"])
+        if np.isfinite(change["step"]):  # none where the loss never falls enough, fast enough
+            ax.axvline(change["step"], color=line.get_color(), linestyle=":", alpha=0.8)
         if twin is not None:
             twin.plot(wide.index, wide["prefix_matching_max"], color=line.get_color(),
                       linestyle="--", alpha=0.6)

@@ -1,6 +1,7 @@
 """The analysis report: a markdown file naming every run with its coordinates and final metrics,
-the emergence statistics, and the figures; optionally the same tables and figures in a wandb
-run with job_type="analysis".
+the emergence statistics over seeds (analysis.summary), the figures, and last the verdicts with
+the rules that decide them; optionally the same tables and figures in a wandb run with
+job_type="analysis".
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from analysis import emergence, summary
 from analysis.runs import Run
 
 log = logging.getLogger(__name__)
@@ -21,10 +23,9 @@ KEY_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
                "eval/answer_logprob", "eval/loss", "train_eval/exact_match", "ood/exact_match",
                "prefix_matching_max", "induction_loss", "weight_norm", "fourier_top_fraction")
 STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
-SUMMARY_COLUMNS = ("axis", "metric", "statistic", "value", "seed_mean", "ci_low", "ci_high",
-                   "n_seeds")
 EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "restricted_halved_step",
           "lead_steps", "lead_evaluations", "excluded_ratio", "phase_change_step",
+          "phase_change_largest_fall", "phase_change_required_fall", "head_formation_step",
           "coincides_with_prefix_matching", "drop_start", "drop_end", "abruptness")
 
 
@@ -60,23 +61,58 @@ def runs_table(df: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def statistics_table(summary: pd.DataFrame, axis: str, statistics,
-                     prefix: str = "") -> pd.DataFrame:
-    """One row per series and metric (those starting with `prefix`) on `axis`, one column per
-    statistic: the values of the seed-averaged curves."""
-    if summary.empty:
+def statistics_table(table: pd.DataFrame, axis: str, statistics, prefix: str = "",
+                     wide: bool = True) -> pd.DataFrame:
+    """The summary's rows on `axis` for `statistics` of metrics starting with `prefix`, each as
+    text (summary.describe: mean [interval], seeds, or why there is none). Wide: one row per
+    series and metric, a column per statistic; else one row per statistic."""
+    if table.empty:
         return pd.DataFrame()
-    rows = summary[(summary["axis"] == axis) & summary["statistic"].isin(statistics)
-                   & summary["metric"].str.startswith(prefix)]
+    rows = table[(table["axis"] == axis) & table["statistic"].isin(statistics)
+                 & table["metric"].str.startswith(prefix)]
     if rows.empty:
         return pd.DataFrame()
-    keys = [c for c in rows.columns if c not in SUMMARY_COLUMNS and rows[c].notna().any()]
-    series = [", ".join(f"{k}={_cell(v)}" for k, v in zip(keys, values, strict=True)
-                        if pd.notna(v))
-              for values in rows[keys].itertuples(index=False)]
-    table = rows.assign(series=series).pivot_table(
-        index=["series", "metric"], columns="statistic", values="value", aggfunc="first")
-    return table[[s for s in statistics if s in table.columns]].reset_index()
+    rows = rows.assign(series=summary.series_labels(rows),
+                       estimate=[summary.describe(r) for _, r in rows.iterrows()])
+    if not wide:
+        order = {s: i for i, s in enumerate(statistics)}
+        rows = rows.sort_values("statistic", key=lambda c: c.map(order), kind="stable")
+        return rows.sort_values(["series", "metric"], kind="stable")[
+            ["series", "metric", "statistic", "estimate"]]
+    pivot = rows.pivot_table(index=["series", "metric"], columns="statistic", values="estimate",
+                             aggfunc="first", sort=False)
+    return pivot[[s for s in statistics if s in pivot.columns]].reset_index()
+
+
+def too_few_rungs(table: pd.DataFrame) -> str | None:
+    """One sentence in place of a table of empty cells, where no series against parameters has
+    the rungs the statistics need (None where some has)."""
+    rows = table[(table["axis"] == "params") & table["statistic"].isin(STATISTICS)]
+    if rows.empty or rows["value"].notna().any():
+        return None
+    rungs = " or ".join(str(n) for n in sorted(set(rows["n_points"])))
+    return (f"{rungs} rungs: too few for {', '.join(STATISTICS)} "
+            f"(needs {emergence.MIN_POINTS}).")
+
+
+def rules() -> str:
+    """The rules the summary and the verdicts follow, from the constants that set them."""
+    return (f"Every statistic is computed per seed, then averaged over the seeds that have one; "
+            f"brackets give the {summary.INTERVAL} (Student's t on the per-seed values), "
+            f"\"1 seed\" stands where there is no interval. Curve statistics need "
+            f"{emergence.MIN_POINTS} distinct x values (rungs or evaluations); with fewer there "
+            "is no number (with 3 rungs every monotone curve has linearity = breakthroughness "
+            f"= sqrt 2). Sudden or smooth: breakthroughness, signed so that the metric improves "
+            f"upwards, whose interval lies above {summary.SUDDEN_FACTOR:g} times a straight "
+            "line's through the same rungs (n - 1 for n rungs) is sudden, below it smooth, "
+            "across it unclear. Phase change: the induction loss, through a running median of 3 "
+            f"evaluations, falls within {emergence.PHASE_CHANGE_WINDOW:.0%} of the steps it "
+            f"spans by at least {emergence.PHASE_CHANGE_FALL:.0%} of its total fall and "
+            f"{emergence.PHASE_CHANGE_FALL:.0%} of its initial value (else none); its step is "
+            "where the loss crosses the middle of that fall. It coincides with the rise of "
+            "prefix matching when an induction head forms (max prefix matching first reaches "
+            f"{emergence.HEAD_THRESHOLD:g}) within the fall's window widened by "
+            f"{emergence.COINCIDENCE_TOLERANCE:.0%} of the steps on each side.")
 
 
 def _last(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
@@ -102,23 +138,23 @@ def causal_section(df: pd.DataFrame) -> str | None:
              "through its hooks (analysis/mechanistic.py), on the eval set: for induction, on "
              "the repeated tokens. Heads are often redundant, so a set of heads can matter "
              "where each alone barely does."]
-    summary = _last(df, "causal/")
-    if "causal/clean_loss" in summary:
+    final = _last(df, "causal/")
+    if "causal/clean_loss" in final:
         head = _per_head(df, "causal/head_loss/", "ablated_loss")
         for name in ("prefix_matching", "previous_token"):
             head = head.merge(_per_head(df, f"{name}/", name), on=["run", "head"], how="left")
         # The head whose previous-token score is highest: the one the probe ablated.
         top = head.loc[head.groupby("run")["previous_token"].idxmax()].set_index("run")["head"]
         table = pd.DataFrame({
-            "clean": summary["causal/clean_loss"],
-            "induction heads (prefix matching > 0.5)": summary["causal/n_induction_heads"],
-            "those ablated": summary["causal/induction_heads_loss"],
+            "clean": final["causal/clean_loss"],
+            "induction heads (prefix matching > 0.5)": final["causal/n_induction_heads"],
+            "those ablated": final["causal/induction_heads_loss"],
             "top previous-token head": top,
-            "it ablated": summary["causal/previous_token_head_loss"]}).reset_index()
+            "it ablated": final["causal/previous_token_head_loss"]}).reset_index()
         parts += [markdown_table(table), "Each head ablated alone, beside its scores:",
                   markdown_table(head[["run", "head", "prefix_matching", "previous_token",
                                        "ablated_loss"]])]
-    layer = summary.filter(like="causal/loss/")
+    layer = final.filter(like="causal/loss/")
     if len(layer.columns):
         layer.columns = [c.removeprefix("causal/loss/") for c in layer.columns]
         layer = layer[["clean", *sorted(c for c in layer.columns if c != "clean")]]
@@ -127,18 +163,20 @@ def causal_section(df: pd.DataFrame) -> str | None:
     return "\n\n".join(parts)
 
 
-def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
+def write_report(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
                  runs: list[Run], out: str | Path, title: str, sections=()) -> Path:
-    """Write `<out>/report.md`; figure links are relative to it. `sections`: more markdown
-    sections (e.g. the forecast), placed before the figures."""
+    """Write `<out>/report.md`; figure links are relative to it. `table`: the summary
+    (analysis.summary.summarize). `sections`: more markdown sections (e.g. the forecast),
+    placed before the figures; the verdicts come last."""
     out = Path(out)
-    sizes = statistics_table(summary, "params", STATISTICS, prefix="eval/")
-    events = statistics_table(summary, "step", EVENTS)
+    sizes = statistics_table(table, "params", STATISTICS, prefix="eval/")
+    events = statistics_table(table, "step", EVENTS, wide=False)
     checkpoints = df[["run", "step"]].drop_duplicates().shape[0] if len(df) else 0
     parts = [
         f"# Analysis: {title}",
         f"Runs: {len(runs)}; scored checkpoints: {checkpoints}. Tables: `scores.csv` (one row "
-        "per run x checkpoint x metric), `summary.csv` (emergence statistics).",
+        "per run x checkpoint x metric), `summary.csv` (emergence statistics per series, "
+        "metric and statistic: mean over seeds, interval, seeds, and why a value is missing).",
         "## Runs",
         "Coordinates and metrics at the last scored checkpoint.",
         markdown_table(runs_table(df, runs)),
@@ -146,25 +184,23 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
     if len(sizes):
         parts += [
             "## Emergence across model sizes",
-            "Statistics of each metric against parameters at every run's last checkpoint, on "
-            "the seed-averaged curve: `transition` is the parameter count where the metric "
+            "Statistics of each metric against parameters at every run's last checkpoint, per "
+            "seed, then over seeds: `transition` is the parameter count where the metric "
             "crosses the middle of its range, `sharpness` its largest change per decade, "
             "`linearity` and `breakthroughness` BIG-bench's (Srivastava et al. 2022; "
             "breakthroughness is also Schaeffer et al. 2023's emergence score). An exact metric "
             "with high breakthroughness beside a continuous one with high linearity is the "
-            "metric mirage.",
-            markdown_table(sizes),
+            f"metric mirage. Intervals: {summary.INTERVAL}.",
+            too_few_rungs(table) or markdown_table(sizes),
         ]
     if len(events):
         parts += ["## Events during training",
-                  "Grokking: first steps where train and test accuracy reach 0.99. Induction: "
-                  "the steepest fall of the induction loss per log-step, and whether it lies "
-                  "within one checkpoint of the steepest rise of prefix matching. Plateau "
-                  "and drop (Barak et al. 2022) of the eval loss: `abruptness` is the plateau's "
-                  "length in units of the drop's, far above 1 for a sudden drop. All on the "
-                  "seed-averaged curve: seeds that drop at different steps average to a gradual "
-                  "fall, so read the per-seed values (`seed_mean`, `ci_low`, `ci_high`) in "
-                  "`summary.csv` too.",
+                  "Per run, then over seeds. Grokking: first steps where train and test accuracy "
+                  "reach 0.99. Induction: the phase change of the loss on the repeat (rule under "
+                  "Verdicts), the step where an induction head forms, and whether they "
+                  "coincide (the share of seeds). Plateau and drop (Barak et al. 2022) of the "
+                  "eval loss: `abruptness` is the plateau's length in units of the drop's, far "
+                  "above 1 for a sudden drop.",
                   markdown_table(events)]
         if "restricted_loss" in set(events["metric"]):
             parts.insert(-1, "Progress measures (Nanda et al. 2023): `restricted_halved_step` is "
@@ -177,12 +213,15 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
     if figures:
         parts.append("## Figures")
         parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
+    found = summary.verdicts(table) if len(table) else []
+    if found:
+        parts += ["## Verdicts", rules(), "\n".join(f"- {line}" for line in found)]
     path = out / "report.md"
     path.write_text("\n\n".join(parts) + "\n")
     return path
 
 
-def log_to_wandb(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
+def log_to_wandb(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
                  runs: list[Run], out: Path, group: str, mode: str) -> None:
     """Log the tables (wandb.Table) and figures (wandb.Image) to a run with
     job_type="analysis"; a failure is logged as a warning, never raised."""
@@ -195,7 +234,7 @@ def log_to_wandb(df: pd.DataFrame, summary: pd.DataFrame, figures: list[Path],
                         job_type="analysis", group=group, name=f"analysis-{group}", mode=mode,
                         dir=str(out)) as run:
             run.log({"scores": wandb.Table(dataframe=df),
-                     "summary": wandb.Table(dataframe=summary),
+                     "summary": wandb.Table(dataframe=table),
                      **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
     except Exception as e:  # wandb is a mirror of the files written; never fatal
         log.warning("wandb logging failed, the report and tables are on disk: %s", e)

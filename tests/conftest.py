@@ -20,9 +20,9 @@ def grokking_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def induction_dir(tmp_path_factory):
-    """induction_heads_small at 1 and 2 layers, 1,500 steps: the sweep directory."""
+    """induction_heads_small at 1, 2 and 3 layers, 1,500 steps: the sweep directory."""
     out = tmp_path_factory.mktemp("induction")
-    train(out, "induction_heads_small", "model.n_layers=1,2", "train.steps=1500", sweep=True)
+    train(out, "induction_heads_small", "model.n_layers=1,2,3", "train.steps=1500", sweep=True)
     return out
 
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 import models
 import tasks
-from analysis import emergence, mechanistic, metrics, plots, runs, scoring
+from analysis import emergence, mechanistic, metrics, plots, report, runs, scoring, summary
 from analysis.__main__ import main
 from analysis.evaluate import Outputs, evaluate
 from tasks import Batch
@@ -377,33 +377,139 @@ def test_grokking_steps_finds_memorization_then_generalization():
     assert math.isnan(emergence.grokking_steps(steps, train, test * 0.5)["generalization_step"])
 
 
-def test_phase_change_step_finds_the_steepest_fall_and_its_coincidence_with_prefix_matching():
-    steps = np.arange(0, 3001, 100)
-    loss = 4.2 - 3.7 / (1 + np.exp(-(steps - 800) / 60))
-    matching = 0.85 / (1 + np.exp(-(steps - 800) / 60))
-    assert 700 <= emergence.phase_change_step(steps, loss) <= 900
-    assert 700 <= emergence.phase_change_step(steps, loss, log=False) <= 900
-    assert emergence.phase_change_coincides(steps, loss, matching)
-    late = 0.85 / (1 + np.exp(-(steps - 2000) / 60))
-    assert not emergence.phase_change_coincides(steps, loss, late)
-    rising = 8.4 - loss  # a loss that only rises has no phase change
-    assert math.isnan(emergence.phase_change_step(steps, rising))
-    assert not emergence.phase_change_coincides(steps, rising, 0.85 - matching)
+EVALS = np.arange(0, 3001, 100)
 
 
-def test_bootstrap_ci_brackets_the_mean_and_is_reproducible():
-    values = [0.1, 0.5, 0.4, 0.9, 0.3]
-    ci = emergence.bootstrap_ci(values)
-    assert ci["mean"] == pytest.approx(0.44)
-    assert ci["low"] < ci["mean"] < ci["high"]
-    assert emergence.bootstrap_ci(values) == ci
-    assert emergence.bootstrap_ci([0.7]) == {"mean": 0.7, "low": 0.7, "high": 0.7}
+def sigmoid_drop(at: float, low: float = 0.5) -> np.ndarray:
+    """A loss falling from log 64 = 4.2 to `low` around step `at`, over ~300 steps."""
+    return 4.2 - (4.2 - low) / (1 + np.exp(-(EVALS - at) / 60))
 
 
-def synthetic_scores(seeds=(0, 1)) -> pd.DataFrame:
-    """A scores table: five widths x seeds x two steps, exact match sigmoid in log params."""
+def test_a_sharp_drop_is_a_phase_change_at_the_step_where_it_falls():
+    change = emergence.phase_change(EVALS, sigmoid_drop(800))
+    assert change["step"] == pytest.approx(800, abs=20)
+    assert change["start"] <= 800 <= change["end"]
+    assert change["end"] - change["start"] <= 0.2 * 3000  # the window: a fifth of training
+    assert change["largest_fall"] >= change["required_fall"] == pytest.approx(0.5 * 4.2, rel=0.01)
+    spiky = sigmoid_drop(1500)
+    spiky[5] = 0.1  # one evaluation's dip (an instability) long before: no phase change there
+    assert emergence.phase_change(EVALS, spiky)["step"] == pytest.approx(1500, abs=20)
+
+
+def test_a_slow_decline_or_a_small_fall_has_no_phase_change():
+    for slow in (4.2 - 3.7 * EVALS / 3000, 0.5 + 3.7 * np.exp(-EVALS / 1000)):
+        assert math.isnan(emergence.phase_change(EVALS, slow)["step"])
+    # Most of its (small) range within the window, but far from half its initial value: a model
+    # that barely learns (1 layer: from 4.2 to ~2.6).
+    small = sigmoid_drop(800, low=2.6)
+    change = emergence.phase_change(EVALS, small)
+    assert math.isnan(change["step"])
+    assert change["largest_fall"] > 0.5 * (small[0] - small[-1])
+    assert change["largest_fall"] < change["required_fall"]
+    assert math.isnan(emergence.phase_change(EVALS, 8.4 - sigmoid_drop(800))["step"])  # rises
+
+
+def test_a_phase_change_coincides_only_with_a_head_formed_in_its_window():
+    change = emergence.phase_change(EVALS, sigmoid_drop(800))
+    tolerance = emergence.COINCIDENCE_TOLERANCE * 3000
+    head = emergence.head_formation_step(EVALS, 0.85 / (1 + np.exp(-(EVALS - 800) / 60)))
+    assert head == 900  # the first evaluation at or above 0.5 (0.43 at step 800, 0.71 at 900)
+    assert emergence.phase_change_coincides(change, head, tolerance) == 1.0
+    late = emergence.head_formation_step(EVALS, 0.85 / (1 + np.exp(-(EVALS - 2000) / 60)))
+    assert emergence.phase_change_coincides(change, late, tolerance) == 0.0
+    never = emergence.head_formation_step(EVALS, np.full(len(EVALS), 0.12))
+    assert math.isnan(never)
+    assert math.isnan(emergence.phase_change_coincides(change, never, tolerance))
+
+
+def induction_scores(drops: dict, heads: dict, seeds=(0,)) -> pd.DataFrame:
+    """A scores table of induction runs: n_layers -> step of the loss drop (None: a small
+    fall to 2.6, early) and of the head's formation (None: prefix matching stays at 0.1)."""
     rows = []
-    for d_model, params in zip((8, 16, 32, 64, 128), PARAMS[::4], strict=True):
+    for layers, seed in ((layers, seed) for layers in drops for seed in seeds):
+        drop, head = drops[layers], heads[layers]
+        loss = sigmoid_drop(300, low=2.6) if drop is None else sigmoid_drop(drop + 10 * seed)
+        matching = (np.full(len(EVALS), 0.1) if head is None
+                    else 0.85 / (1 + np.exp(-(EVALS - head - 10 * seed) / 60)))
+        common = {"run": f"{layers}-{seed}", "task": "induction", "n_layers": layers, "seed": seed,
+                  "params": 1e4 * layers, "non_embedding_params": 1e4, "tokens": 0, "flops": 0}
+        for metric, curve in (("induction_loss", loss), ("prefix_matching_max", matching)):
+            rows += [{**common, "step": step, "metric": metric, "value": value}
+                     for step, value in zip(EVALS, curve, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def test_the_summary_names_a_coinciding_phase_change_only_where_a_head_forms_at_the_drop():
+    table = summary.summarize(induction_scores({1: None, 2: 800, 3: 800},
+                                               {1: None, 2: 850, 3: 2000}, seeds=(0, 1, 2)))
+    step = summary.estimate(table, "induction_loss", "phase_change_step", n_layers=2)
+    assert step.low < step.value < step.high
+    assert step.value == pytest.approx(810, abs=20)  # the seeds drop at 800, 810, 820
+    assert summary.estimate(table, "induction_loss", "coincides_with_prefix_matching",
+                            n_layers=2).value == 1.0
+    assert summary.estimate(table, "induction_loss", "coincides_with_prefix_matching",
+                            n_layers=3).value == 0.0  # the head forms 1,200 steps later
+    none = summary.select(table, "induction_loss", "phase_change_step", n_layers=1).iloc[0]
+    assert math.isnan(none["value"]) and none["note"].startswith("none: largest fall")
+    lines = summary.verdicts(table)
+    assert any(line.startswith("n_layers=2: phase change at step") and
+               "coinciding with the rise of prefix matching" in line for line in lines)
+    assert any(line.startswith("n_layers=3: phase change at step") and
+               "not coinciding" in line for line in lines)
+    one = next(line for line in lines if line.startswith("n_layers=1"))
+    assert "phase change: none" in one and "induction head: none" in one
+    assert "coinciding" not in one
+
+
+def test_the_report_ends_with_computed_verdicts_under_the_rules_that_decide_them(tmp_path):
+    scores = induction_scores({1: None, 2: 800}, {1: None, 2: 850})
+    path = report.write_report(scores, summary.summarize(scores), [], [], tmp_path, "induction")
+    text = path.read_text()
+    verdicts = text.split("## Verdicts")[1]
+    assert "## " not in verdicts  # the last section
+    assert "95% t-interval over seeds" in verdicts and "within 20% of the steps" in verdicts
+    assert "- n_layers=2: phase change at step 8" in verdicts  # 800 +- 20, (1 seed)
+    assert "(1 seed)" in verdicts and "- n_layers=1: phase change: none" in verdicts
+    events = text.split("## Events during training")[1].split("## Verdicts")[0]
+    assert "| n_layers=1 | prefix_matching_max | head_formation_step | none: max prefix" in events
+
+
+def test_the_grokking_verdict_gives_the_delay_over_seeds_or_says_none():
+    steps, rows = np.arange(0, 2001, 50), []
+    for weight_decay, seed in ((wd, seed) for wd in (1.0, 0.0) for seed in (0, 1)):
+        train = np.clip(steps / 100, 0, 1)  # memorized at step 100
+        test = (1 / (1 + np.exp(-(steps - 1100 - 100 * seed) / 50)) if weight_decay
+                else np.full(len(steps), 0.3))  # 0.99 at steps 1,350 and 1,450; never
+        common = {"run": f"{weight_decay}-{seed}", "task": "modular", "seed": seed,
+                  "weight_decay": weight_decay, "params": 1e4, "non_embedding_params": 1e4,
+                  "tokens": 0, "flops": 0}
+        for metric, curve in (("train_eval/exact_match", train), ("eval/exact_match", test)):
+            rows += [{**common, "step": step, "metric": metric, "value": value}
+                     for step, value in zip(steps, curve, strict=True)]
+    lines = summary.verdicts(summary.summarize(pd.DataFrame(rows)))
+    assert len(lines) == 2  # one size: no sudden-or-smooth line
+    assert lines[1].startswith("weight_decay=1: grokking: generalized 14 [")  # 13.5 and 14.5
+    assert "(steps 1,400 [" in lines[1] and "; 2 seeds)" in lines[1]
+    assert lines[0] == ("weight_decay=0: grokking: memorized at step 100 [100, 100], 2 seeds; "
+                        "none: test accuracy never reaches 0.99")
+
+
+def test_t_interval_is_the_student_interval_of_the_mean_and_none_for_one_value():
+    interval = summary.t_interval([1.0, 2.0, 3.0, float("nan")])
+    assert interval["mean"] == 2.0 and interval["n"] == 3
+    half = 4.303 * 1.0 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n)
+    assert (interval["low"], interval["high"]) == pytest.approx((2 - half, 2 + half), rel=1e-4)
+    one = summary.t_interval([0.7])
+    assert one["mean"] == 0.7 and one["n"] == 1
+    assert math.isnan(one["low"]) and math.isnan(one["high"])
+
+
+def synthetic_scores(seeds=(0, 1), rungs: int = 5) -> pd.DataFrame:
+    """A scores table: `rungs` widths from 1e3 to 1e7 parameters x seeds x two steps, exact
+    match sigmoid in log params (shifted by 0.1 decade per seed)."""
+    rows = []
+    for d_model, params in zip(2 ** np.arange(3, 3 + rungs), np.logspace(3, 7, rungs),
+                               strict=True):
         for seed in seeds:
             for step in (100, 1000):
                 p = 1 / (1 + np.exp(-6 * (np.log10(params) - 5.2 - 0.1 * seed)))
@@ -419,20 +525,74 @@ def synthetic_scores(seeds=(0, 1)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_summarize_reports_each_statistic_per_metric_and_axis_with_seed_intervals():
-    summary = emergence.summarize(synthetic_scores())
-    assert set(summary["axis"]) == {"params", "flops", "step"}
-    row = summary[(summary["axis"] == "params") & (summary["metric"] == "eval/exact_match")
-                  & (summary["statistic"] == "breakthroughness")].iloc[0]
-    assert row["n_seeds"] == 2
-    assert row["ci_low"] <= row["seed_mean"] <= row["ci_high"]
-    exact = row["value"]
-    linear = summary[(summary["axis"] == "params") & (summary["metric"] == "eval/edit_distance")
-                     & (summary["statistic"] == "linearity")]["value"].iloc[0]
-    assert exact > 0 > linear  # exact match rises, edit distance falls
-    transition = summary[(summary["axis"] == "params") & (summary["statistic"] == "transition")
-                         & (summary["metric"] == "eval/token_accuracy")]["value"].iloc[0]
-    assert 10**5 < transition < 10**5.6
+def test_summarize_reports_each_statistic_per_metric_and_axis_over_seeds():
+    table = summary.summarize(synthetic_scores())
+    assert set(table["axis"]) == {"params", "flops", "step"}
+    assert list(table.columns[-len(summary.COLUMNS):]) == list(summary.COLUMNS)
+    exact = summary.estimate(table, "eval/exact_match", "breakthroughness", axis="params")
+    linear = summary.estimate(table, "eval/edit_distance", "linearity", axis="params")
+    assert exact.value > 0 > linear.value  # exact match rises, edit distance falls
+    transition = summary.estimate(table, "eval/token_accuracy", "transition", axis="params")
+    assert 10**5 < transition.value < 10**5.6
+
+
+def test_intervals_over_seeds_bracket_the_mean_of_the_per_seed_statistics():
+    scores = synthetic_scores(seeds=(0, 1, 2), rungs=9)
+    table = summary.summarize(scores)
+    row = summary.select(table, "eval/exact_match", "breakthroughness", axis="params").iloc[0]
+    last = scores[(scores["step"] == 1000) & (scores["metric"] == "eval/exact_match")]
+    per_seed = [emergence.breakthroughness(s.sort_values("params")["value"])
+                for _, s in last.groupby("seed")]
+    assert len(set(per_seed)) == 3  # the seeds differ, so the interval has a width
+    assert row["value"] == pytest.approx(np.mean(per_seed))
+    assert row["low"] < row["value"] < row["high"]
+    assert (row["n_seeds"], row["n_points"]) == (3, 9)
+
+
+def test_one_seed_gives_no_interval_and_is_reported_as_1_seed():
+    table = summary.summarize(synthetic_scores(seeds=(0,)))
+    row = summary.select(table, "eval/exact_match", "breakthroughness", axis="params").iloc[0]
+    assert row["n_seeds"] == 1 and math.isnan(row["low"]) and math.isnan(row["high"])
+    assert summary.describe(row) == f"{row['value']:.3g} (1 seed)"
+    assert any("(1 seed)" in line for line in summary.verdicts(table))
+
+
+def test_a_three_rung_ladder_gets_no_breakthroughness_number_and_says_why():
+    table = summary.summarize(synthetic_scores(rungs=3))
+    row = summary.select(table, "eval/exact_match", "breakthroughness", axis="params").iloc[0]
+    assert math.isnan(row["value"])
+    assert row["note"] == "3 rungs: too few for breakthroughness (needs 5)"
+    assert ("all runs: sudden or smooth: no verdict (3 rungs: too few for breakthroughness "
+            "(needs 5))") in summary.verdicts(table)
+    assert report.too_few_rungs(table) == ("3 rungs: too few for transition, sharpness, "
+                                           "linearity, breakthroughness (needs 5).")
+
+
+def ladder_scores(curves: dict, seeds=(0, 1, 2), rungs: int = 9) -> pd.DataFrame:
+    """The last checkpoint of a width ladder: metric -> f(log10 params, seed)."""
+    rows = []
+    for seed, params in ((seed, p) for seed in seeds for p in np.logspace(3, 7, rungs)):
+        common = {"run": f"{params:.0f}-{seed}", "task": "addition", "d_model": int(params),
+                  "seed": seed, "params": params, "non_embedding_params": params, "step": 1000,
+                  "tokens": 0, "flops": params}
+        rows += [{**common, "metric": metric, "value": f(np.log10(params), seed)}
+                 for metric, f in curves.items()]
+    return pd.DataFrame(rows)
+
+
+def test_a_sigmoid_in_log_params_is_sudden_and_a_line_is_smooth():
+    noise = np.random.default_rng(0)
+    table = summary.summarize(ladder_scores({
+        "eval/exact_match": lambda n, seed: 1 / (1 + np.exp(-6 * (n - 5.2 - 0.1 * seed))),
+        "eval/token_accuracy": lambda n, seed: (n - 3) / 4 + 0.01 * noise.normal()}))
+    lines = summary.verdicts(table)
+    assert any(line.startswith("all runs: eval/exact_match: sudden (breakthroughness")
+               and "3 seeds" in line for line in lines)
+    assert any(line.startswith("all runs: eval/token_accuracy: smooth") for line in lines)
+    # An interval across the threshold (2 x 8 steps) decides nothing.
+    across = {"value": 15.0, "low": 10.0, "high": 20.0, "n_seeds": 3, "n_points": 9, "note": ""}
+    assert summary.sudden_or_smooth(across).startswith("unclear")
+    assert summary.sudden_or_smooth({**across, "low": 17.0}).startswith("sudden")
 
 
 def test_summarize_finds_the_plateau_and_drop_of_each_seeds_eval_loss():
@@ -445,12 +605,11 @@ def test_summarize_finds_the_plateau_and_drop_of_each_seeds_eval_loss():
                   "non_embedding_params": 1e4, "step": step, "tokens": 0, "flops": 0,
                   "metric": "eval/loss", "value": value}
                  for step, value in zip(steps, loss, strict=True)]
-    summary = emergence.summarize(pd.DataFrame(rows))
-    row = summary[(summary["axis"] == "step") & (summary["metric"] == "eval/loss")
-                  & (summary["statistic"] == "abruptness")].iloc[0]
+    table = summary.summarize(pd.DataFrame(rows))
+    row = summary.select(table, "eval/loss", "abruptness", axis="step").iloc[0]
     # Seed 0 drops between steps 900 and 1000, seed 1 between 1900 and 2000.
     assert row["n_seeds"] == 2
-    assert row["seed_mean"] == pytest.approx((900 / 100 + 1900 / 100) / 2)
+    assert row["value"] == pytest.approx((900 / 100 + 1900 / 100) / 2)
 
 
 # --- plots --------------------------------------------------------------------------------
@@ -568,7 +727,11 @@ def test_cli_scores_a_sweep_writes_report_and_rescoring_is_incremental(
     assert {"eval/exact_match", "train_eval/exact_match", "weight_norm",
             "fourier_top_fraction", "eval/answer_logprob"} <= set(scores["metric"])
     assert scores.groupby("run")["params"].first().is_monotonic_increasing
-    assert (out / "summary.csv").stat().st_size > 0
+    table = pd.read_csv(out / "summary.csv")
+    assert list(table.columns[-len(summary.COLUMNS):]) == list(summary.COLUMNS)
+    # One rung per seed (the two runs differ in seed and width): no size statistic, and why.
+    notes = summary.select(table, "eval/exact_match", "breakthroughness", "params")["note"]
+    assert set(notes) == {"1 rung: too few for breakthroughness (needs 5)"}
     report = (out / "report.md").read_text()
     for row, d_model in (("| 0 |", 16), ("| 1 |", 32)):
         line = next(line for line in report.splitlines() if line.startswith(row))

@@ -22,9 +22,10 @@ from omegaconf import OmegaConf
 
 import tasks
 from analysis import slices
-from analysis.emergence import grokking_steps, phase_change_step, plateau_drop
+from analysis.emergence import grokking_steps, plateau_drop
 from analysis.evaluate import evaluate
 from analysis.runs import find_runs
+from analysis.summary import estimate
 from train.config import Config, register
 from train.loop import model_config_for
 
@@ -83,29 +84,45 @@ def test_grokking_generalizes_long_after_memorizing_and_not_without_weight_decay
 
 
 @pytest.mark.slow
-def test_induction_heads_form_in_two_layers_at_the_phase_change_and_not_in_one(induction_dir):
+def test_the_phase_change_comes_with_the_induction_head_in_two_and_three_layers_not_in_one(
+        induction_dir):
     runs = find_runs(induction_dir)
-    scores, summary = analyse(induction_dir)
+    scores, table = analyse(induction_dir)
     curves = {layers: scores[scores["run"] == run.name].pivot_table(
         index="step", columns="metric", values="value")
         for layers, run in by_coordinate(runs, "n_layers").items()}
 
-    two = curves[2]
-    assert two["prefix_matching_max"].max() > 0.5
-    change = phase_change_step(two.index, two["induction_loss"])
-    # The loss on the repeat falls from near chance (log 64 = 4.2) to near 0 around it ...
-    assert two.loc[:change - 200, "induction_loss"].iloc[-1] > 2.5
-    assert two.loc[change + 200:, "induction_loss"].iloc[0] < 0.5
-    # ... and the head forms there.
-    rise = two.index[two["prefix_matching_max"] > 0.5][0]
-    assert abs(rise - change) <= 200  # the head forms where the loss drops
-    coincides = summary[(summary["n_layers"] == 2)
-                        & (summary["statistic"] == "coincides_with_prefix_matching")]
-    assert coincides["value"].item() == 1.0
+    def induction(statistic: str, layers: int, metric: str = "induction_loss") -> float:
+        return estimate(table, metric, statistic, axis="step", n_layers=layers).value
+
+    # Measured (seed 0, 1,500 steps): phase change at steps 423 (2 layers) and 473 (3 layers),
+    # both windows 300-600, heads formed at 500 and 550; 1 layer: largest fall within the
+    # window 0.88 against 2.08 needed, max prefix matching 0.12.
+    for layers in (2, 3):
+        curve = curves[layers]
+        assert curve["prefix_matching_max"].max() > 0.5
+        change = induction("phase_change_step", layers)
+        # The loss on the repeat falls from near chance (log 64 = 4.2) to near 0 around it ...
+        assert curve.loc[:change - 200, "induction_loss"].iloc[-1] > 2.5
+        assert curve.loc[change + 200:, "induction_loss"].iloc[0] < 0.5
+        # ... and the head forms there.
+        head = induction("head_formation_step", layers, "prefix_matching_max")
+        assert abs(head - change) <= 200
+        assert induction("coincides_with_prefix_matching", layers) == 1.0
 
     one = curves[1]
     assert one["prefix_matching_max"].max() < 0.2
     assert one["induction_loss"].iloc[-1] > 2.0
+    # No phase change (the loss falls, but by far less than half of its initial value), no head.
+    assert np.isnan(induction("phase_change_step", 1))
+    assert np.isnan(induction("head_formation_step", 1, "prefix_matching_max"))
+    verdicts = (induction_dir / "analysis" / "report.md").read_text().split("## Verdicts")[1]
+    lines = [line for line in verdicts.splitlines() if line.startswith("- n_layers=")]
+    for layers in (2, 3):
+        line = next(line for line in lines
+                    if line.startswith(f"- n_layers={layers}: phase change at step"))
+        assert ", coinciding with the rise of prefix matching" in line
+    assert any(line.startswith("- n_layers=1: phase change: none") for line in lines)
 
 
 @pytest.mark.slow
@@ -158,12 +175,14 @@ def test_the_addition_ladder_ends_solved_on_every_operand_length_slice(addition_
 @pytest.mark.slow
 def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(addition_dir):
     runs = find_runs(addition_dir)
-    _, summary = analyse(addition_dir, "--last")
-    breakthrough = summary[(summary["axis"] == "params")
-                           & (summary["statistic"] == "breakthroughness")].set_index("metric")
-    exact = breakthrough.loc["eval/exact_match", "value"]
-    assert exact > 2 * breakthrough.loc["eval/token_accuracy", "value"]
-    assert exact > 2 * abs(breakthrough.loc["eval/edit_distance", "value"])
+    _, table = analyse(addition_dir, "--last")
+
+    def breakthroughness(metric: str) -> float:  # mean over seeds of each seed's ladder
+        return estimate(table, metric, "breakthroughness", axis="params").value
+
+    exact = breakthroughness("eval/exact_match")
+    assert exact > 2 * breakthroughness("eval/token_accuracy")
+    assert exact > 2 * abs(breakthroughness("eval/edit_distance"))
 
     final = pd.DataFrame([{**run.coords, **evals(run).iloc[-1]} for run in runs])
     rungs = final.groupby("d_model").mean(numeric_only=True)

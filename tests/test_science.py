@@ -14,6 +14,7 @@ from experiment_runs import by_coordinate, train
 
 from analysis import forecast, progress, scoring, transfer
 from analysis.__main__ import main as analysis_main
+from analysis.summary import estimate
 
 # A synthetic ladder from a known law: per-token answer loss 100 N^-0.6, answers of 5 tokens.
 A, B, L = math.log(100.0), -0.6, 5
@@ -189,8 +190,8 @@ def test_restricted_loss_halves_several_evaluations_before_test_accuracy_rises(g
     assert lead["memorization_step"] <= 300
     assert lead["lead_evaluations"] >= 4  # checkpoints (every 50 steps) before 0.95
     assert lead["excluded_ratio"] > 1.0
-    events = pd.read_csv(tmp_path / "summary.csv").query("metric == 'restricted_loss'")
-    assert events.set_index("statistic").loc["lead_steps", "value"] == lead["lead_steps"]
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert estimate(table, "restricted_loss", "lead_steps").value == lead["lead_steps"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,259 @@
+"""Emergence statistics over seeds: the tidy summary table, a way to read it, and the verdicts.
+
+Every statistic of analysis.emergence is computed per seed (each seed's ladder of runs against
+parameters or FLOPs, each run's curve against steps), then averaged over the seeds that have a
+value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per statistic:
+
+| column | meaning |
+|---|---|
+| run coordinates (task, n_layers, ...) | the series: what the statistic is of, up to the seed |
+| `axis` | `params`, `flops` (each run's last checkpoint) or `step` |
+| `metric`, `statistic` | e.g. `eval/exact_match`, `breakthroughness` |
+| `value` | mean over the seeds that have a value |
+| `low`, `high` | the 95% t-interval of that mean; empty with one seed |
+| `n_seeds` | seeds with a value |
+| `n_points` | distinct x values of the curve (rungs or evaluations), largest over seeds |
+| `note` | why there is no value ("3 rungs: too few for breakthroughness (needs 5)", |
+| | "none: ..."), or in how many seeds there is none |
+
+Read one statistic with `estimate(summary, "eval/exact_match", "breakthroughness")`, which
+returns (value, low, high); coordinates narrow it, e.g. `n_layers=2`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from analysis.emergence import (
+    PER_HEAD_PREFIX,
+    PER_POSITION_PREFIX,
+    SIZE_COORDS,
+    TABLE_COLUMNS,
+    curve_statistics,
+)
+
+COLUMNS = ("axis", "metric", "statistic", "value", "low", "high", "n_seeds", "n_points", "note")
+# Two-sided 95% quantiles of Student's t with 1..30 degrees of freedom (the normal's 1.96 beyond).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+INTERVAL = "95% t-interval over seeds"
+# Sudden: breakthroughness (signed in the metric's direction) whose interval lies above this
+# many times a straight line's; a line through n rungs, equal steps, scores n - 1.
+SUDDEN_FACTOR = 2.0
+# Metrics that get a sudden-or-smooth verdict: the exact one and its continuous rescorings.
+VERDICT_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
+                   "eval/answer_logprob", "eval/brier")
+
+
+class Estimate(NamedTuple):
+    value: float
+    low: float
+    high: float
+
+
+def t_interval(values) -> dict[str, float]:
+    """Mean of the non-NaN `values` (one per seed) and its 95% Student-t interval,
+    mean +- t(0.975, n-1) s / sqrt(n); NaN bounds below two values or with an infinite one.
+    A t-interval, not a bootstrap: with 2-5 seeds a percentile bootstrap cannot be wider than
+    the seeds' range and covers the mean far less often than it claims; t stays honest (wide)
+    at few seeds."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]  # inf stays: breakthroughness with all steps but one flat
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    if n < 2 or not np.isfinite(values).all():
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n}
+    t = T_975[n - 2] if n - 1 <= len(T_975) else 1.96
+    half = t * values.std(ddof=1) / np.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def _over_seeds(per_seed: list[tuple[float, str]]) -> dict:
+    """One summary row's value, interval and note from each seed's (value, why none)."""
+    interval = t_interval([value for value, _ in per_seed])
+    missing = [why for value, why in per_seed if np.isnan(value)]
+    note = missing[0] if missing else ""
+    if missing and interval["n"]:
+        note = f"none in {len(missing)} of {len(per_seed)} seeds ({note})"
+    return {"value": interval["mean"], "low": interval["low"], "high": interval["high"],
+            "n_seeds": interval["n"], "note": note}
+
+
+def _wide(table: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """One column per metric, one row per axis value (mean over duplicates)."""
+    return table.pivot_table(index=axis, columns="metric", values="value", aggfunc="mean")
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary table (module docstring) of a scores table (see analysis.runs.score).
+
+    Along `params` and `flops`: each run's last checkpoint, one series per combination of the
+    coordinates that do not set the model's size or seed. Along `step`: one series per run
+    configuration up to its seed."""
+    df = df[~df["metric"].str.startswith((PER_HEAD_PREFIX, PER_POSITION_PREFIX))]
+    coords = [c for c in df.columns if c not in TABLE_COLUMNS]
+    last = df[df["step"] == df.groupby("run")["step"].transform("max")]
+    rows = []
+    for axis, table, exclude in (("params", last, SIZE_COORDS), ("flops", last, SIZE_COORDS),
+                                 ("step", df, ())):
+        keys = [c for c in coords if c not in exclude and c != "seed"]
+        groups = table.groupby(keys, dropna=False) if keys else [((), table)]
+        for key, series in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            seeds = series.groupby("seed", dropna=False) if "seed" in series else [(0, series)]
+            curves = [_wide(s, axis) for _, s in seeds]
+            per_seed = [curve_statistics(curve, axis) for curve in curves]
+            n_points = max(curve.index.nunique() for curve in curves)
+            names = dict.fromkeys(name for stats in per_seed for name in stats)
+            for metric, statistic in names:
+                values = [stats.get((metric, statistic), (float("nan"), "not measured"))
+                          for stats in per_seed]
+                rows.append({**dict(zip(keys, key, strict=True)), "axis": axis,
+                             "metric": metric, "statistic": statistic,
+                             **_over_seeds(values), "n_points": n_points})
+    return pd.DataFrame(rows, columns=[*dict.fromkeys(
+        [c for row in rows for c in row if c not in COLUMNS]), *COLUMNS])
+
+
+def select(summary: pd.DataFrame, metric: str, statistic: str, axis: str | None = None,
+           **coords) -> pd.DataFrame:
+    """The rows of `summary` for (metric, statistic), on `axis` if given, with these
+    coordinate values."""
+    rows = summary[(summary["metric"] == metric) & (summary["statistic"] == statistic)]
+    if axis is not None:
+        rows = rows[rows["axis"] == axis]
+    for name, value in coords.items():
+        rows = rows[rows[name] == value]
+    return rows
+
+
+def estimate(summary: pd.DataFrame, metric: str, statistic: str, axis: str | None = None,
+             **coords) -> Estimate:
+    """(value, low, high) of the one row `select` finds; ValueError if not exactly one."""
+    rows = select(summary, metric, statistic, axis, **coords)
+    if len(rows) != 1:
+        raise ValueError(f"{len(rows)} rows for {metric} {statistic} axis={axis} {coords}; "
+                         "narrow it with axis= or coordinates")
+    row = rows.iloc[0]
+    return Estimate(float(row["value"]), float(row["low"]), float(row["high"]))
+
+
+def _number(value: float) -> str:
+    """3 significant digits; steps and parameter counts from 1,000 on in full."""
+    return f"{value:,.0f}" if np.isfinite(value) and abs(value) >= 1000 else f"{value:.3g}"
+
+
+def describe(row, seeds: bool = True) -> str:
+    """A summary row as text: "9.1 [6.2, 12.0], 3 seeds", "9.1 (1 seed)", or its note; without
+    the number of seeds if not `seeds`."""
+    if np.isnan(row["value"]):
+        return row["note"] if isinstance(row["note"], str) else ""
+    text = _number(row["value"])
+    if row["n_seeds"] == 1:
+        text += " (1 seed)" if seeds else ""
+    elif not np.isfinite(row["value"]):
+        text += f" ({row['n_seeds']:.0f} seeds, no interval: infinite in some seed)"
+    else:
+        text += f" [{_number(row['low'])}, {_number(row['high'])}]"
+        text += f", {row['n_seeds']:.0f} seeds" if seeds else ""
+    if isinstance(row["note"], str) and row["note"]:
+        text += f"; {row['note']}"
+    return text
+
+
+def series_labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's series as "n_layers=2, weight_decay=1": the coordinates that vary."""
+    keys = [c for c in rows.columns if c not in COLUMNS and rows[c].nunique() > 1]
+    return pd.Series([", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in zip(keys, values, strict=True) if pd.notna(v))
+                      or "all runs" for values in rows[keys].itertuples(index=False)],
+                     index=rows.index)
+
+
+def sudden_or_smooth(row) -> str:
+    """Sudden when the breakthroughness interval (signed so the metric improves upwards) lies
+    above SUDDEN_FACTOR times a straight line's through the same rungs, smooth when it lies
+    below, unclear when it straddles; with one seed, the value decides and "1 seed" says so."""
+    if np.isnan(row["value"]):
+        return f"no verdict ({row['note']})"
+    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
+    sign = -1.0 if row["value"] < 0 else 1.0
+    bounds = sorted([sign * row["low"], sign * row["high"]])
+    if np.isnan(bounds).any():
+        bounds = [sign * row["value"]] * 2
+    word = "sudden" if bounds[0] > threshold else "smooth" if bounds[1] < threshold else "unclear"
+    return f"{word} (breakthroughness {describe(row)}; threshold {threshold:.3g})"
+
+
+def _row(rows: pd.DataFrame, metric: str, statistic: str):
+    found = rows[(rows["metric"] == metric) & (rows["statistic"] == statistic)]
+    return found.iloc[0] if len(found) else None
+
+
+def _phase_change(rows: pd.DataFrame) -> str:
+    """The induction verdict of one series: its phase change and whether the head forms there."""
+    change = _row(rows, "induction_loss", "phase_change_step")
+    if np.isnan(change["value"]):
+        text = f"phase change: {change['note']}"
+    else:
+        start, end = (_row(rows, "induction_loss", f"phase_change_{name}")["value"]
+                      for name in ("start", "end"))
+        text = f"phase change at step {describe(change)}, window {_number(start)}-{_number(end)}"
+    head = _row(rows, "prefix_matching_max", "head_formation_step")
+    if head is None:
+        return text
+    formed = ("induction head: " + head["note"] if np.isnan(head["value"])
+              else f"induction head formed at step {describe(head)}")
+    coincides = _row(rows, "induction_loss", "coincides_with_prefix_matching")
+    if np.isnan(coincides["value"]):
+        return f"{text}; {formed}"
+    share = ("coinciding with" if coincides["value"] == 1 else "not coinciding with"
+             if coincides["value"] == 0 else
+             f"coinciding (in {coincides['value']:.0%} of {coincides['n_seeds']:.0f} seeds) with")
+    return f"{text}, {share} the rise of prefix matching ({formed})"
+
+
+def _grokking(rows: pd.DataFrame) -> str | None:
+    """The grokking verdict of one series, where its training set is memorized."""
+    memorized = _row(rows, "eval/exact_match", "memorization_step")
+    if memorized is None or np.isnan(memorized["value"]):
+        return None
+    generalized = _row(rows, "eval/exact_match", "generalization_step")
+    ratio = _row(rows, "eval/exact_match", "grokking_ratio")
+    if np.isnan(generalized["value"]):
+        return f"grokking: memorized at step {describe(memorized)}; {generalized['note']}"
+    seeds = "1 seed" if ratio["n_seeds"] == 1 else f"{ratio['n_seeds']:.0f} seeds"
+    return (f"grokking: generalized {describe(ratio, seeds=False)} times as late as it "
+            f"memorized (steps {describe(generalized, seeds=False)} and "
+            f"{describe(memorized, seeds=False)}; {seeds})")
+
+
+def _sizes(rows: pd.DataFrame) -> list[str]:
+    """Sudden or smooth, per metric of one series; one line when no metric has a value."""
+    if rows["value"].isna().all() and rows["note"].nunique() == 1:
+        return [f"sudden or smooth: no verdict ({rows['note'].iloc[0]})"]
+    return [f"{row['metric']}: {sudden_or_smooth(row)}" for _, row in rows.iterrows()]
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """One line per series and finding, computed from the summary: sudden or smooth against
+    parameters (`sudden_or_smooth`) for each of VERDICT_METRICS where the series has more than
+    one size, the induction phase change
+    and whether it coincides with the head's formation, grokking's delay."""
+    lines = []
+    sizes = summary[(summary["axis"] == "params") & (summary["statistic"] == "breakthroughness")
+                    & summary["metric"].isin(VERDICT_METRICS) & (summary["n_points"] > 1)]
+    for series, rows in sizes.groupby(series_labels(sizes), sort=False):
+        lines += [f"{series}: {line}" for line in _sizes(rows)]
+    steps = summary[summary["axis"] == "step"]
+    for series, rows in steps.groupby(series_labels(steps), sort=False):
+        if (rows["statistic"] == "phase_change_step").any():
+            lines.append(f"{series}: {_phase_change(rows)}")
+        grokking = _grokking(rows)
+        if grokking:
+            lines.append(f"{series}: {grokking}")
+    return lines
