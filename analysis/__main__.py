@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from analysis import forecast, plots, slices, summary, transfer
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
     table = summary.summarize(df)
-    table.to_csv(out / "summary.csv", index=False)
+    per_slice = summary.slice_transitions(by_slice)
+    pd.concat([table, per_slice]).to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
     figures += plots.slice_figures(by_slice, out / "figures")
-    sections = [s for s in [slices.errors_section(by_slice, markdown_table), causal_section(df)]
-                if s]
+    sections = [s for s in [slices.errors_section(by_slice, markdown_table, per_slice),
+                            causal_section(df)] if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])
     if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):
         try:

@@ -85,8 +85,10 @@ def worst(scores: pd.DataFrame, metric: str = "eval/exact_match", n: int = 8) ->
     return pd.concat([mean.loc[[ALL]] if ALL in mean.index else None, worst_slices])
 
 
-def errors_section(scores: pd.DataFrame, markdown_table) -> str | None:
-    """The report's "Where the errors are" section (None when the set has no slices)."""
+def errors_section(scores: pd.DataFrame, markdown_table,
+                   transitions: pd.DataFrame | None = None) -> str | None:
+    """The report's "Where the errors are" section (None when the set has no slices), with the
+    transition point of exact match per slice (summary.slice_transitions) where there is one."""
     table = worst(scores)
     if table.empty:
         return None
@@ -97,4 +99,12 @@ def errors_section(scores: pd.DataFrame, markdown_table) -> str | None:
              "over its runs). A whole-set value far above a slice's is a sub-skill not learned; "
              "`scores.csv` has every metric on every slice.", "",
              markdown_table(table.reset_index().rename(columns={"count": "runs"}))]
+    if transitions is not None and transitions["value"].notna().any():
+        found = transitions[transitions["value"].notna()]
+        shown = found.assign(slice=found["metric"].str.split("@").str[1])[
+            ["axis", "slice", "value", "low", "high", "n_seeds"]]
+        lines += ["", "Where exact match on each slice crosses the middle of its range "
+                  "(`transition`; mean over seeds and 95% t-interval, as in `summary.csv`): a "
+                  "slice that crosses later is a sub-skill that appears later.", "",
+                  markdown_table(shown.sort_values(["axis", "value"]))]
     return "\n".join(lines)

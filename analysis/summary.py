@@ -17,7 +17,9 @@ value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per 
 | | "none: ..."), or in how many seeds there is none |
 
 Read one statistic with `estimate(summary, "eval/exact_match", "breakthroughness")`, which
-returns (value, low, high); coordinates narrow it, e.g. `n_layers=2`.
+returns (value, low, high); coordinates narrow it, e.g. `n_layers=2`. The transition of exact
+match on each slice of the eval set (`slice_transitions`) is there too, as metric
+`eval/exact_match@<slice>`: which sub-skill appears at which size or step.
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                              **_over_seeds(values), "n_points": n_points})
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [c for row in rows for c in row if c not in COLUMNS]), *COLUMNS])
+
+
+def slice_transitions(by_slice: pd.DataFrame, metric: str = "eval/exact_match") -> pd.DataFrame:
+    """Summary rows of the `transition` of `metric` on every slice (see analysis.slices), along
+    parameters, FLOPs and steps, with intervals over seeds; the metric is named
+    `<metric>@<slice>` (`eval/exact_match@carries=2`), so the whole-set rows stay unique."""
+    rows = by_slice[(by_slice["metric"] == metric) & (by_slice["slice"] != "all")]
+    if rows.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    rows = rows.assign(metric=metric + "@" + rows["slice"]).drop(columns="slice")
+    table = summarize(rows)
+    return table[table["statistic"] == "transition"].reset_index(drop=True)
 
 
 def select(summary: pd.DataFrame, metric: str, statistic: str, axis: str | None = None,

@@ -3,13 +3,14 @@ slices that partition the eval set."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tasks
-from analysis import metrics, scoring, slices
+from analysis import metrics, scoring, slices, summary
 from analysis.evaluate import evaluate
 from models import GPT
 from tasks.arithmetic import carries, nonzero_columns
@@ -95,3 +96,23 @@ def test_score_names_slices_and_logs_only_the_main_attribute_in_training():
     assert main["eval/loss"] == everything["eval/loss"]
     with pytest.raises(ValueError, match="probes"):
         scoring.score(model, task, probes=["no_such_probe"])
+
+
+def test_summary_has_each_slices_transition_and_a_later_sub_skill_crosses_later():
+    rows = []
+    for seed in (0, 1):
+        for i, d_model in enumerate((8, 16, 32, 64, 128, 256)):
+            params = 10 * d_model**2
+            common = {"run": f"{seed}-{d_model}", "d_model": d_model, "seed": seed,
+                      "params": params, "non_embedding_params": params, "step": 100,
+                      "tokens": 0, "flops": params, "metric": "eval/exact_match"}
+            # carries=0 is solved from the third rung on, carries=2 only from the fifth.
+            for name, solved in (("all", i >= 3), ("carries=0", i >= 2), ("carries=2", i >= 4)):
+                rows.append({**common, "slice": name, "value": float(solved)})
+    table = summary.slice_transitions(pd.DataFrame(rows))
+    params = table[table["axis"] == "params"].set_index("metric")
+    assert set(params.index) == {"eval/exact_match@carries=0", "eval/exact_match@carries=2"}
+    early, late = (params.loc[f"eval/exact_match@carries={c}"] for c in (0, 2))
+    assert early["value"] < late["value"] and early["n_seeds"] == late["n_seeds"] == 2
+    assert 10 * 16**2 < early["value"] < 10 * 32**2  # between the last unsolved rung and the first
+    assert 10 * 64**2 < late["value"] < 10 * 128**2
