@@ -98,9 +98,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         d_attn = cfg.n_heads * cfg.d_head
-        # Queries apart from keys and values, so `start` can skip the queries nobody reads.
-        self.q = nn.Linear(cfg.d_model, d_attn, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * d_attn, bias=cfg.bias)
+        # Rows: queries, then keys, then values. One matmul where every query is read; with
+        # `start`, queries and keys/values are two matmuls on views of it (see forward).
+        self.qkv = nn.Linear(cfg.d_model, 3 * d_attn, bias=cfg.bias)
         self.out = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
         self.rotary = Rotary(cfg.d_head, cfg.n_ctx) if cfg.pos == "rotary" else None
         # muP scales logits by 1/d_head: once q and k correlate, q.k grows like d_head, not
@@ -113,8 +113,16 @@ class Attention(nn.Module):
         keys and values at every position. `hooks` sees `name` + attn.hook_pattern,
         attn.hook_z and hook_attn_out; with `past`, x continues the `past.len` positions stored
         there (this is layer `layer`)."""
-        q = rearrange(self.q(x[:, start:]), "b q (h d) -> b h q d", h=self.n_heads)
-        k, v = rearrange(self.kv(x), "b k (two h d) -> two b h k d", two=2, h=self.n_heads)
+        if start == 0:
+            q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3,
+                                h=self.n_heads)
+        else:  # no queries for the positions before `start`: nobody reads their outputs
+            w, b = self.qkv.weight, self.qkv.bias
+            d = w.shape[0] // 3
+            q = F.linear(x[:, start:], w[:d], None if b is None else b[:d])
+            q = rearrange(q, "b q (h d) -> b h q d", h=self.n_heads)
+            kv = F.linear(x, w[d:], None if b is None else b[d:])
+            k, v = rearrange(kv, "b k (two h d) -> two b h k d", two=2, h=self.n_heads)
         offset = 0 if past is None else past.len
         if self.rotary is not None:
             q, k = self.rotary(q, offset=offset + start), self.rotary(k, offset=offset)
@@ -178,7 +186,8 @@ class Block(nn.Module):
         point = (lambda _, t: t) if hooks is None else hooks
         x = point(name + "hook_resid_pre", x)
         attn = self.attn(self.ln1(x), start, hooks, name, past, layer)
-        x = x[:, start:] + self.drop(attn)
+        # A slice, even an empty one, costs a copy in backward: only cut when there is a cut.
+        x = (x[:, start:] if start else x) + self.drop(attn)
         if self.mlp is not None:
             x = x + self.drop(point(name + "hook_mlp_out", self.mlp(self.ln2(x))))
         return point(name + "hook_resid_post", x)
@@ -272,7 +281,7 @@ class GPT(nn.Module):
             x = block(x, skip, points, f"blocks.{i}.", past, i)
         if past is not None:
             past.len += T
-        x = self.ln_f(x[:, start - T :])
+        x = self.ln_f(x[:, start - T :] if start else x)
         logits = F.linear(x, self.embed.weight if self.unembed is None else self.unembed.weight)
         if self.cfg.parametrization == "mup":
             logits = logits / self.width_mult  # muP readout multiplier (Yang et al. 2022)
