@@ -119,16 +119,15 @@ class Attention(nn.Module):
         keys and values at every position. `hooks` sees `name` + attn.hook_pattern,
         attn.hook_z and hook_attn_out; with `past`, x continues the `past.len` positions stored
         there (this is layer `layer`)."""
-        # Split, then [B, T, H*D] -> [B, H, T, D] views: the gradients flow back into the
-        # projection's output with one concatenation (a reshape of a permuted [3, B, H, T, D]
-        # view would copy once more in backward).
+        # q, k, v [B, T, H*D] split from one output: their gradients flow back with one
+        # concatenation (a permuted [3, B, H, T, D] view would cost one more copy in backward).
         if start == 0:
             q, k, v = self.qkv(x).split(self.d_attn, dim=-1)
         else:  # no queries for the positions before `start`: nobody reads their outputs
             w, b, d = self.qkv.weight, self.qkv.bias, self.d_attn
             q = F.linear(x[:, start:], w[:d], None if b is None else b[:d])
             k, v = F.linear(x, w[d:], None if b is None else b[d:]).split(d, dim=-1)
-        # [B, T, H*D] -> [B, H, T, D] (a view; einops' per-call overhead shows on tiny models)
+        # -> [B, H, T, D] as plain views: einops' per-call overhead shows on the smallest models
         q, k, v = [t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2) for t in (q, k, v)]
         offset = 0 if past is None else past.len
         if self.rotary is not None:
