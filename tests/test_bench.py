@@ -17,10 +17,10 @@ def test_the_reference_gpt_computes_the_same_logits_as_ours_with_the_same_weight
     weights = model.state_dict()
     mapped = {}
     for key in ref.state_dict():
-        if key.startswith("blocks."):
-            _, i, module, kind = key.split(".")
-            key_ours = f"blocks.{i}.{ours_name[module]}.{kind}"
-        mapped[key] = weights[key_ours if key.startswith("blocks.") else key]
+        parts = key.split(".")  # blocks.{i}.{module}.{weight|bias}, or a top-level name
+        if parts[0] == "blocks":
+            parts[2] = ours_name[parts[2]]
+        mapped[key] = weights[".".join(parts)]
     ref.load_state_dict(mapped)
     tokens = torch.randint(64, (3, 12), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ref(tokens), model(tokens))
