@@ -28,18 +28,21 @@ def sync(device: torch.device) -> None:
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                 device: torch.device = CPU) -> dict[str, list[float]]:
     """Seconds per call of each candidate, `repeats` times each, called in turns after
-    `warmup` untimed calls each."""
+    `warmup` untimed calls each. Every other round runs in reverse order (a, b, c, c, b, a, ...),
+    so that no candidate always follows the same one (caches, frequency, a colleague's job)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times = {name: [] for name in candidates}
+    order = list(candidates.items())
     for _ in range(repeats):
-        for name, fn in candidates.items():
+        for name, fn in order:
             start = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
+        order.reverse()
     return times
 
 

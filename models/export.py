@@ -55,10 +55,9 @@ def attention_weights(model: GPT, i: int) -> dict[str, Tensor | None]:
     The one place that reads phaselab's attention projections."""
     attn, cfg = model.blocks[i].attn, model.cfg
     fold = attn.scale * math.sqrt(cfg.d_head)  # 1 under standard, 1/sqrt(d_head) under muP
-    wk, wv = attn.kv.weight.chunk(2, dim=0)
-    bk, bv = attn.kv.bias.chunk(2) if attn.kv.bias is not None else (None, None)
-    bq = attn.q.bias
-    return {"wq": attn.q.weight * fold, "bq": None if bq is None else bq * fold,
+    wq, wk, wv = attn.qkv.weight.chunk(3, dim=0)
+    bq, bk, bv = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (None, None, None)
+    return {"wq": wq * fold, "bq": None if bq is None else bq * fold,
             "wk": wk, "bk": bk, "wv": wv, "bv": bv,
             "wo": attn.out.weight, "bo": attn.out.bias}
 

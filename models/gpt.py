@@ -23,7 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import einsum
 from torch import Tensor, nn
 
 from models.config import GPTConfig
@@ -37,6 +37,12 @@ def make_norm(cfg: GPTConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(cfg.d_model, eps=1e-5)  # fixed eps: the dtype default is large in bf16
     return nn.Identity()
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """F.dropout, skipped where it does nothing: the smallest models are bound by per-call
+    overhead, not arithmetic."""
+    return F.dropout(x, p) if p and training else x
 
 
 class Rotary(nn.Module):
@@ -97,10 +103,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
-        d_attn = cfg.n_heads * cfg.d_head
-        # Queries apart from keys and values, so `start` can skip the queries nobody reads.
-        self.q = nn.Linear(cfg.d_model, d_attn, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * d_attn, bias=cfg.bias)
+        self.d_attn = d_attn = cfg.n_heads * cfg.d_head
+        # Rows: queries, then keys, then values. One matmul where every query is read; with
+        # `start`, queries and keys/values are two matmuls on views of it (see forward).
+        self.qkv = nn.Linear(cfg.d_model, 3 * d_attn, bias=cfg.bias)
         self.out = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
         self.rotary = Rotary(cfg.d_head, cfg.n_ctx) if cfg.pos == "rotary" else None
         # muP scales logits by 1/d_head: once q and k correlate, q.k grows like d_head, not
@@ -113,8 +119,16 @@ class Attention(nn.Module):
         keys and values at every position. `hooks` sees `name` + attn.hook_pattern,
         attn.hook_z and hook_attn_out; with `past`, x continues the `past.len` positions stored
         there (this is layer `layer`)."""
-        q = rearrange(self.q(x[:, start:]), "b q (h d) -> b h q d", h=self.n_heads)
-        k, v = rearrange(self.kv(x), "b k (two h d) -> two b h k d", two=2, h=self.n_heads)
+        # q, k, v [B, T, H*D] split from one output: their gradients flow back with one
+        # concatenation (a permuted [3, B, H, T, D] view would cost one more copy in backward).
+        if start == 0:
+            q, k, v = self.qkv(x).split(self.d_attn, dim=-1)
+        else:  # no queries for the positions before `start`: nobody reads their outputs
+            w, b, d = self.qkv.weight, self.qkv.bias, self.d_attn
+            q = F.linear(x[:, start:], w[:d], None if b is None else b[:d])
+            k, v = F.linear(x, w[d:], None if b is None else b[d:]).split(d, dim=-1)
+        # -> [B, H, T, D] as plain views: einops' per-call overhead shows on the smallest models
+        q, k, v = [t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2) for t in (q, k, v)]
         offset = 0 if past is None else past.len
         if self.rotary is not None:
             q, k = self.rotary(q, offset=offset + start), self.rotary(k, offset=offset)
@@ -156,7 +170,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
-        self.act = nn.GELU() if cfg.act == "gelu" else nn.ReLU()  # exact erf GELU, not tanh
+        self.act = F.gelu if cfg.act == "gelu" else F.relu  # exact erf GELU, not tanh
         self.proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -169,7 +183,7 @@ class Block(nn.Module):
         self.ln1, self.attn = make_norm(cfg), Attention(cfg)
         self.ln2 = None if cfg.attn_only else make_norm(cfg)
         self.mlp = None if cfg.attn_only else MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, start: int, hooks: HookPoints | None, name: str,
                 past: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -178,9 +192,11 @@ class Block(nn.Module):
         point = (lambda _, t: t) if hooks is None else hooks
         x = point(name + "hook_resid_pre", x)
         attn = self.attn(self.ln1(x), start, hooks, name, past, layer)
-        x = x[:, start:] + self.drop(attn)
+        # A slice, even an empty one, costs a copy in backward: only cut when there is a cut.
+        x = (x[:, start:] if start else x) + dropout(attn, self.dropout, self.training)
         if self.mlp is not None:
-            x = x + self.drop(point(name + "hook_mlp_out", self.mlp(self.ln2(x))))
+            mlp = point(name + "hook_mlp_out", self.mlp(self.ln2(x)))
+            x = x + dropout(mlp, self.dropout, self.training)
         return point(name + "hook_resid_post", x)
 
 
@@ -202,7 +218,7 @@ class GPT(nn.Module):
         self.width_mult = cfg.d_model / cfg.mup_base_width if mup else 1.0
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.pos == "learned" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = make_norm(cfg)
         untied = not cfg.tie_embeddings
@@ -264,7 +280,7 @@ class GPT(nn.Module):
             x = x + self.pos_embed.weight[offset : offset + T]
         if points is not None:
             x = points("hook_embed", x)
-        x = self.drop(x)
+        x = dropout(x, self.dropout, self.training)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             # Earlier layers need every position: the last layer's keys and values read them.
@@ -272,7 +288,7 @@ class GPT(nn.Module):
             x = block(x, skip, points, f"blocks.{i}.", past, i)
         if past is not None:
             past.len += T
-        x = self.ln_f(x[:, start - T :])
+        x = self.ln_f(x[:, start - T :] if start else x)
         logits = F.linear(x, self.embed.weight if self.unembed is None else self.unembed.weight)
         if self.cfg.parametrization == "mup":
             logits = logits / self.width_mult  # muP readout multiplier (Yang et al. 2022)

@@ -136,4 +136,4 @@ def test_hooks_keep_gradients_flowing():
     model = build()
     loss = model(tokens(), hooks=hooks.ablate_heads([(0, 0)])).sum()
     loss.backward()
-    assert model.blocks[0].attn.q.weight.grad.abs().sum() > 0
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

@@ -1,6 +1,7 @@
 """Tests for models/: the GPT's forward paths, counts, init, muP, ladder and checkpoints."""
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from models import (
     GPT,
@@ -321,7 +323,7 @@ def test_same_seed_same_weights():
 def test_standard_init_follows_gpt2():
     model = build(d_model=256, n_layers=4, d_head=32, init_std=0.02)
     block = model.blocks[0]
-    assert block.attn.kv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert block.mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
     assert model.embed.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert (block.mlp.fc.bias == 0).all() and (block.ln1.weight == 1).all()
@@ -335,7 +337,7 @@ def test_init_scale_multiplies_every_weight():
 
 def test_mup_init_shrinks_hidden_but_not_embeddings():
     model = build(d_model=512, d_head=32, parametrization="mup", mup_base_width=32)
-    std = model.blocks[0].attn.q.weight.std().item()
+    std = model.blocks[0].attn.qkv.weight.std().item()
     assert std == pytest.approx(0.02 / math.sqrt(512 / 32), rel=0.05)
     assert model.embed.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
@@ -429,6 +431,27 @@ def test_save_load_round_trip(tmp_path, overrides):
         assert torch.equal(p, q), name
     torch.testing.assert_close(loaded(tokens()), model(tokens()), atol=0, rtol=0)
     assert [f.name for f in path.parent.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bias": False, "pos": "rotary"}])
+def test_checkpoint_with_separate_q_and_kv_projections_loads(tmp_path, overrides):
+    # The layout checkpoints had before the projections were fused: attn.q [d_attn, d_model]
+    # and attn.kv [2 d_attn, d_model] (keys, then values), with their biases.
+    model = build(**overrides)
+    old = {}
+    for key, value in model.state_dict().items():
+        if ".attn.qkv." in key:
+            q, kv = value.split([value.shape[0] // 3, 2 * value.shape[0] // 3])
+            old[key.replace("qkv", "q")], old[key.replace("qkv", "kv")] = q, kv
+        else:
+            old[key] = value
+    assert "blocks.1.attn.kv.weight" in old and "blocks.1.attn.qkv.weight" not in old
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in old.items()}, str(path),
+              metadata={"config": json.dumps(dataclasses.asdict(model.cfg))})
+    loaded, _ = load_model(path)
+    torch.testing.assert_close(loaded(tokens()), model(tokens()), atol=0, rtol=0)
+    torch.testing.assert_close(loaded(tokens(), start=CTX - 2), model(tokens(), start=CTX - 2))
 
 
 def test_load_with_different_expected_config_names_the_field(tmp_path):

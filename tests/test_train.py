@@ -301,6 +301,7 @@ def test_a_misspelt_key_fails_in_hydra_before_anything_runs(tmp_path):
     ("train.eval_every=0", "train.eval_every=0"),
     ("train.batch_size=null", "train.batch_size=null"),  # addition has no finite training set
     ("optim.schedule=cos", "optim.schedule='cos'"),
+    ("compile=fast", "compile='fast'"),
     ("task.digits=0", "task.digits=0"),
 ])
 def test_invalid_settings_fail_before_training(tmp_path, override, message):
@@ -319,6 +320,69 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_only_finite_checkpoints
     assert saved
     for path in saved:
         assert all(t.isfinite().all() for t in load_file(path).values())
+
+
+# Tensor methods that wait for the device's queue to drain (a host sync) when called on a GPU
+# tensor; called from phaselab's code, that is, torch's own internals are torch's business.
+SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def no_syncs_in_steps(monkeypatch) -> None:
+    """Make every step (an update and the loop's bookkeeping of its loss) fail on a host sync
+    from project code; log, eval and checkpoint steps, which read values on purpose, run
+    outside the steps."""
+    from train import ensemble, loop, state
+
+    in_step = [False]
+
+    def guarded(name):
+        original = getattr(torch.Tensor, name)
+
+        def method(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if in_step[0] and caller.startswith(str(ROOT)) and ".venv" not in caller:
+                raise AssertionError(f"Tensor.{name}, a host sync, inside a training step at "
+                                     f"{caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+        return method
+
+    def step(fn):
+        def stepped(*args, **kwargs):
+            in_step[0] = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                in_step[0] = False
+        return stepped
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, guarded(name))
+    for owner, name in ((loop.PlainUpdate, "__call__"), (ensemble.BatchedUpdate, "__call__"),
+                        (state.TrainStats, "add")):
+        monkeypatch.setattr(owner, name, step(getattr(owner, name)))
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_training_steps_never_wait_for_the_device(tmp_path, monkeypatch, members):
+    # On a GPU each host sync stalls the queue once per step; only log steps may read values.
+    no_syncs_in_steps(monkeypatch)
+    train(tmp_path, f"train.ensemble={members}", "train.log_every=4", "train.eval_every=12",
+          "checkpoint.log_spaced_until=0")
+    assert len(records(tmp_path / ("member_1" if members > 1 else ""))) == 4  # steps 0, 4, 8, 12
+
+
+def test_the_host_sync_guard_catches_a_loss_read_in_a_step(tmp_path, monkeypatch):
+    from train import loop
+
+    def reads_the_loss(*args):
+        loss = masked_cross_entropy(*args)
+        assert loss.item() >= 0
+        return loss
+
+    no_syncs_in_steps(monkeypatch)
+    monkeypatch.setattr(loop, "masked_cross_entropy", reads_the_loss)
+    with pytest.raises(AssertionError, match=r"Tensor\.item, a host sync"):
+        train(tmp_path)
 
 
 # --- pieces ----------------------------------------------------------------------------------

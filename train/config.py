@@ -24,6 +24,7 @@ SCHEDULES = ("cosine", "constant", "linear")
 KEEP_STATE = ("last", "all")
 WANDB_MODES = ("offline", "online", "disabled")
 DTYPES = ("auto", "float32", "bfloat16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _check(ok: bool, key: str, value: object, rule: str) -> None:
@@ -145,7 +146,10 @@ class Config:
     seed: int = 0  # model initialization (and dropout)
     data_seed: int = 0  # order of the training data
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the training forward
+    # torch.compile the training forward: false | true (mode "default") | a torch.compile mode.
+    # reduce-overhead replays the step's kernels as CUDA graphs (one launch instead of hundreds:
+    # small models on a GPU are bound by launch overhead); on CPU it is the default mode.
+    compile: bool | str = False
     threads: int | None = None  # torch CPU threads per run; None = torch's default (all cores)
     dtype: str = "auto"  # auto (bfloat16 autocast on CUDA, float32 on CPU) | float32 | bfloat16
 
@@ -153,6 +157,8 @@ class Config:
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                "device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         _check_choice("dtype", self.dtype, DTYPES)
+        _check(isinstance(self.compile, bool) or self.compile in COMPILE_MODES, "compile",
+               self.compile, f"must be true, false or one of {', '.join(COMPILE_MODES)}")
         _check(self.threads is None or self.threads > 0, "threads", self.threads,
                "must be > 0, or null")
 

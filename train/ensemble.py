@@ -44,7 +44,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import tasks
 from models import GPT, layout
 from train.config import Config
-from train.state import RunState, masked_cross_entropy
+from train.state import RunState, compiled, masked_cross_entropy
 
 ENSEMBLE_KEYS = ("train.ensemble", "train.ensemble_lr", "train.ensemble_weight_decay")
 
@@ -210,10 +210,13 @@ class BatchedUpdate:
         self.runs, self.task, self.cfg, self.autocast = runs, task, cfg, autocast
         self.stacked = Stacked([r.model for r in runs], [r.optimizer for r in runs])
         self.weight_decay = self.stacked.column(hyperparameter(runs, "weight_decay", device))
+        # Each member's lr per parameter before the schedule (LambdaLR's initial_lr), scaled
+        # each step by the schedule's factor, a Python number: building the lr column from the
+        # optimizers' lists every step would copy it to the device, a host sync on CUDA.
+        self.base_lr = self.stacked.column(hyperparameter(runs, "initial_lr", device))
         self.loss_fn = member_loss_fn(runs[0].model, task.loss_start,
                                       shared_data=cfg.train.batch_size is None)
-        if cfg.compile:
-            self.loss_fn = torch.compile(self.loss_fn)
+        self.loss_fn = compiled(self.loss_fn, cfg.compile)
         # The CPU's fused attention kernel has no vmap batching rule (it would loop over members).
         self.attention = (functools.partial(sdpa_kernel, SDPBackend.MATH)
                           if device.type == "cpu" else contextlib.nullcontext)
@@ -228,7 +231,8 @@ class BatchedUpdate:
         grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
         grad = torch.cat([g.flatten(1) for g in grads], dim=1)
         grad_norms = stacked.clip_(grad, self.cfg.train.grad_clip or math.inf)
-        lr = stacked.column(hyperparameter(self.runs, "lr", grad.device))
+        schedule = self.runs[0].scheduler  # the members differ in lr, not in its schedule
+        lr = self.base_lr * schedule.lr_lambdas[0](schedule.last_epoch)
         stacked.adamw_(grad, lr, self.weight_decay, optim.betas, optim.eps)
         advance([r.scheduler for r in self.runs])
         return losses, grad_norms, math.prod(data[0].shape[-2:])

@@ -26,7 +26,15 @@ import tasks
 from models import GPTConfig
 from train import checkpoint, ensemble
 from train.config import Config, check_buildable
-from train.state import Diverged, Progress, RunState, masked_cross_entropy, open_runs, scores
+from train.state import (
+    Diverged,
+    Progress,
+    RunState,
+    compiled,
+    masked_cross_entropy,
+    open_runs,
+    scores,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,12 +69,12 @@ def precision(cfg: Config, device: torch.device):
 
 class PlainUpdate:
     """One model's training step: forward, backward, clip_grad_norm_, torch's AdamW (fused on
-    CUDA) and its schedule. Its model is the run's model, so `sync` has nothing to do."""
+    CPU and CUDA) and its schedule. Its model is the run's model, so `sync` has nothing to do."""
 
     def __init__(self, runs: list[RunState], task: tasks.Task, cfg: Config, autocast):
         (self.run,) = runs
         self.task, self.cfg, self.autocast = task, cfg, autocast
-        self.forward = torch.compile(self.run.model) if cfg.compile else self.run.model
+        self.forward = compiled(self.run.model, cfg.compile)
 
     def __call__(self) -> tuple[Tensor, Tensor, int]:
         """One update: (losses [1], gradient norms [1], training tokens)."""
