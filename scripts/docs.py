@@ -163,7 +163,9 @@ def train(exp: Experiment, run_dir: Path, reuse: bool) -> dict:
     seconds = timed([sys.executable, "-m", "train", f"experiment={exp.name}",
                      f"{where}={run_dir}", "wandb.mode=disabled"], run_dir / "docs.log")
     runs = len(list(run_dir.rglob("summary.json")))
-    info = {"train_s": round(seconds), "runs": runs,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    info = {"train_s": round(seconds), "runs": runs, "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     record.write_text(json.dumps(info))
@@ -178,8 +180,9 @@ def document(exp: Experiment, reuse: bool) -> str:
     shutil.rmtree(out, ignore_errors=True)
     analysis_s = timed([sys.executable, "-m", "analysis", str(run_dir), *exp.analysis],
                        run_dir / "docs.log")
-    parts = [f"_Measured by `bash scripts/docs.sh {exp.name}` on {info['date']} ({info['machine']},"
-             f" shared with other work): training {info['train_s']} s for {info['runs']} runs, "
+    parts = [f"_Measured by `bash scripts/docs.sh {exp.name}` on {info['date']} (commit "
+             f"{info.get('commit', 'unknown')}; {info['machine']}, shared with other work): "
+             f"training {info['train_s']} s for {info['runs']} runs, "
              f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._"]
     parts += sections((out / exp.report).read_text(), exp.sections)
     if exp.ladder_table:
