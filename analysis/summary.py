@@ -9,8 +9,9 @@ value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per 
 | run coordinates (task, n_layers, ...) | the series: what the statistic is of, up to the seed |
 | `axis` | `params`, `flops` (each run's last checkpoint) or `step` |
 | `metric`, `statistic` | e.g. `eval/exact_match`, `breakthroughness` |
-| `value` | mean over the seeds that have a value |
-| `low`, `high` | the 95% t-interval of that mean; empty with one seed |
+| `value` | mean over the seeds that have a value (geometric mean for breakthroughness) |
+| `low`, `high` | the 95% t-interval of that mean (of the mean log for breakthroughness, a ratio |
+| | that varies over seeds by factors); empty with one seed |
 | `n_seeds` | seeds with a value |
 | `n_points` | distinct x values of the curve (rungs or evaluations), largest over seeds |
 | `note` | why there is no value ("3 rungs: too few for breakthroughness (needs 5)", |
@@ -74,9 +75,32 @@ def t_interval(values) -> dict[str, float]:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
-def _over_seeds(per_seed: list[tuple[float, str]]) -> dict:
+def log_t_interval(values) -> dict[str, float]:
+    """For a ratio statistic whose seeds share a sign: the geometric mean of the non-NaN
+    `values` and the t-interval of the mean log |value|, mapped back (with the sign). Such
+    statistics (breakthroughness divides by the typical step of the curve, which a plateau
+    makes tiny) spread over seeds by factors, not by amounts: one seed at 250 beside two at
+    40-60 makes an additive interval reach below zero, a multiplicative one does not. With
+    mixed signs or a zero, the ordinary t-interval."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values) or not np.isfinite(values).all() or not (
+            (values > 0).all() or (values < 0).all()):
+        return t_interval(values)
+    sign = 1.0 if values[0] > 0 else -1.0
+    logs = t_interval(np.log(sign * values))
+    return {"mean": sign * np.exp(logs["mean"]), "low": sign * np.exp(logs["low"]),
+            "high": sign * np.exp(logs["high"]), "n": logs["n"]}
+
+
+# Ratio statistics, summarized over seeds on a log scale (log_t_interval).
+LOG_SCALE = ("breakthroughness",)
+
+
+def _over_seeds(per_seed: list[tuple[float, str]], statistic: str = "") -> dict:
     """One summary row's value, interval and note from each seed's (value, why none)."""
-    interval = t_interval([value for value, _ in per_seed])
+    over = log_t_interval if statistic in LOG_SCALE else t_interval
+    interval = over([value for value, _ in per_seed])
     missing = [why for value, why in per_seed if np.isnan(value)]
     note = missing[0] if missing else ""
     if missing and interval["n"]:
@@ -116,7 +140,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                           for stats in per_seed]
                 rows.append({**dict(zip(keys, key, strict=True)), "axis": axis,
                              "metric": metric, "statistic": statistic,
-                             **_over_seeds(values), "n_points": n_points})
+                             **_over_seeds(values, statistic), "n_points": n_points})
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [c for row in rows for c in row if c not in COLUMNS]), *COLUMNS])
 

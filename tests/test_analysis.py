@@ -544,9 +544,23 @@ def test_intervals_over_seeds_bracket_the_mean_of_the_per_seed_statistics():
     per_seed = [emergence.breakthroughness(s.sort_values("params")["value"])
                 for _, s in last.groupby("seed")]
     assert len(set(per_seed)) == 3  # the seeds differ, so the interval has a width
-    assert row["value"] == pytest.approx(np.mean(per_seed))
-    assert row["low"] < row["value"] < row["high"]
+    assert row["value"] == pytest.approx(np.exp(np.mean(np.log(per_seed))))  # geometric mean
+    assert row["low"] < min(per_seed) <= max(per_seed) < row["high"]
+    transition = summary.select(table, "eval/exact_match", "transition", axis="params").iloc[0]
+    per_seed = [emergence.transition_point(s["params"], s["value"])
+                for _, s in last.groupby("seed")]
+    assert transition["value"] == pytest.approx(np.mean(per_seed))  # an arithmetic mean
     assert (row["n_seeds"], row["n_points"]) == (3, 9)
+
+
+def test_a_ratio_statistic_is_summarized_on_a_log_scale_so_one_large_seed_stays_positive():
+    seeds = [40.0, 60.0, 250.0]
+    plain, ratio = summary.t_interval(seeds), summary.log_t_interval(seeds)
+    assert plain["low"] < 0 < ratio["low"] < 40 and ratio["high"] > 250
+    assert ratio["mean"] == pytest.approx((40 * 60 * 250) ** (1 / 3))
+    falling = summary.log_t_interval([-40.0, -60.0, -250.0])
+    assert falling["high"] < 0 and falling["mean"] == pytest.approx(-ratio["mean"])
+    assert summary.log_t_interval([-1.0, 2.0])["mean"] == 0.5  # mixed signs: arithmetic
 
 
 def test_one_seed_gives_no_interval_and_is_reported_as_1_seed():
