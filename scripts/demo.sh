@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, from a fresh machine: set up, train a width ladder on 3-digit addition on CPU
-# (experiment=demo: d_model 8..32 x 2 seeds, two runs at a time, ~5 min), score every checkpoint, and
+# (experiment=demo: d_model 4..32 x 5 seeds, two runs at a time, ~10 min), score every checkpoint, and
 # write the figures and report. Usage: bash scripts/demo.sh [SWEEP_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
