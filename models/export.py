@@ -31,7 +31,7 @@ from torch import Tensor
 
 from models.config import GPTConfig
 from models.gpt import GPT
-from models.layout import HYDRA_CONFIG
+from models.layout import HYDRA_CONFIG, is_ensemble, is_member
 
 
 def layout(cfg: GPTConfig) -> str:
@@ -157,10 +157,11 @@ def hf_config(cfg: GPTConfig):
 @torch.no_grad()
 def to_hf(model: GPT):
     """The transformers model (eval mode, float32) computing `model`'s logits."""
+    kind = layout(model.cfg)  # refuses an unmappable variant before transformers' slow import
     from transformers import AutoModelForCausalLM
 
     config = hf_config(model.cfg)
-    tensors = gpt2_tensors(model) if layout(model.cfg) == "gpt2" else llama_tensors(model)
+    tensors = gpt2_tensors(model) if kind == "gpt2" else llama_tensors(model)
     hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = hf.load_state_dict(
         {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, strict=False)
@@ -207,6 +208,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     from analysis.runs import Run
 
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        members = sorted(p.name for p in run_dir.iterdir() if is_member(p))
+        raise ValueError(f"{run_dir} is an ensemble: export one of its members, each a run "
+                         f"directory ({', '.join(members)})")
     config_path = run_dir / HYDRA_CONFIG
     if not config_path.exists():
         raise ValueError(f"{run_dir} is not a run directory (no .hydra/config.yaml)")

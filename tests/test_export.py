@@ -22,7 +22,7 @@ if "interop" in os.environ.get("PHASELAB_EXTRAS", ""):
 else:
     transformers = pytest.importorskip(
         "transformers", reason='needs the interop extra: pip install -e ".[interop]"')
-from models.export import export_hf, layout, to_bridge  # noqa: E402
+from models.export import export_hf, export_run, layout, to_bridge  # noqa: E402
 
 VOCAB = [str(i) for i in range(10)] + ["+", "=", "ab"]
 BASE = dict(d_vocab=len(VOCAB), n_ctx=12, d_model=32, n_layers=2, d_head=8, d_mlp=48)
@@ -171,3 +171,10 @@ def test_cli_refuses_an_unmappable_run_naming_the_field(tmp_path):
     done = export_cli(str(run.path), "--to", "hf", str(tmp_path / "hf"))
     assert done.returncode != 0 and "model.norm" in done.stderr
     assert not (tmp_path / "hf").exists()
+
+
+def test_exporting_an_ensemble_directory_points_to_its_members(tmp_path):
+    for i in (0, 1):
+        (tmp_path / f"member_{i}" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match="ensemble.*member_0, member_1"):
+        export_run(tmp_path, tmp_path / "hf")
