@@ -8,8 +8,9 @@ Run by scripts/gpu_check.sh, which first installs the missing dependencies:
 Steps, each a subprocess of this Python so that a crash in one (a CUDA error kills the process)
 is reported and the others still run:
   pytest   `pytest -m gpu`: the tests that need CUDA
-  train    a small ladder point trained four ways: float32 eager (the baseline), bfloat16
-           autocast, bfloat16 + compile, and a 2-member ensemble; their final train losses must
+  train    a small ladder point trained five ways: float32 eager (the baseline), bfloat16
+           autocast, bfloat16 + compile, bfloat16 + compile with CUDA graphs
+           (compile=reduce-overhead), and a 2-member ensemble; their final train losses must
            agree with the baseline's within LOSS_TOLERANCE
   score    `python -m analysis` on the bfloat16 run's checkpoints with --device cuda
   bench    the train-step benchmark (TFLOP/s, MFU against a measured bf16 matmul peak) and the
@@ -43,6 +44,7 @@ VARIANTS = {
     "float32 eager": ["dtype=float32"],
     "bfloat16 autocast": ["dtype=bfloat16"],
     "bfloat16 + compile": ["dtype=bfloat16", "compile=true"],
+    "bfloat16 + CUDA graphs": ["dtype=bfloat16", "compile=reduce-overhead"],
     "ensemble of 2, bfloat16": ["dtype=bfloat16", "train.ensemble=2"],
 }
 # Relative gap allowed between a variant's final loss (mean of the last quarter of the logged

@@ -29,6 +29,7 @@ def gpt_before() -> type:
     """The GPT class of models/gpt.py at BEFORE."""
     source = subprocess.run(["git", "show", f"{BEFORE}:models/gpt.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
+    source = source.replace("cfg.complete()", "cfg.for_building()")  # renamed since
     path = Path(tempfile.mkdtemp()) / "gpt_before_hooks.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("gpt_before_hooks", path)

@@ -31,6 +31,7 @@ from torch import Tensor
 import tasks
 from analysis import scoring
 from models import GPT, GPTConfig, layout, load_model
+from models.gpt import param_kind
 from train import checkpoint
 from train.config import Config, OptimConfig
 from train.log import RunLogger
@@ -69,6 +70,31 @@ def compiled(fn, setting: bool | str):
     if setting is False:
         return fn
     return torch.compile(fn, mode=None if setting is True else setting)
+
+
+def fuse_attention_moments(saved: dict, model: GPT) -> dict:
+    """An AdamW state_dict saved while each attention had `q` and `kv` projections (before they
+    were fused into `qkv`) -> one for `model`, each qkv moment the concatenation of the q and kv
+    ones (rows q, then k and v, as models/io.py fuses the weights); any other state unchanged."""
+    named = list(model.named_parameters())
+    if sum(len(g["params"]) for g in saved["param_groups"]) == len(named):
+        return saved
+    state, groups, index = {}, [], 0
+    for group in saved["param_groups"]:  # in each group, the parameters in named order
+        old_ids = iter(group["params"])
+        ids = []
+        for name, p in named:
+            if param_kind(name, p) != group["name"]:
+                continue
+            parts = [saved["state"].get(next(old_ids)) for _ in range(2 if ".attn.qkv." in name
+                                                                      else 1)]
+            if all(parts):
+                state[index] = {**parts[0], **{key: torch.cat([part[key] for part in parts])
+                                               for key in ("exp_avg", "exp_avg_sq")}}
+            ids.append(index)
+            index += 1
+        groups.append({**group, "params": ids})
+    return {"state": state, "param_groups": groups}
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -252,7 +278,7 @@ def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
                        last=run_dir.last_record, alive=not stop)
         if resume is not None:
             state = run_dir.load_state(resume_step)
-            run.optimizer.load_state_dict(state["optimizer"])
+            run.optimizer.load_state_dict(fuse_attention_moments(state["optimizer"], model))
             run.scheduler.load_state_dict(state["scheduler"])
             checkpoint.set_rng_state(state["rng"], run.generator)
             run.stats.load_state_dict(state["stats"])
