@@ -256,12 +256,16 @@ def _phase_change(rows: pd.DataFrame) -> str:
 
 
 def _grokking(rows: pd.DataFrame) -> str | None:
-    """The grokking verdict of one series, where its training set is memorized."""
+    """The grokking verdict of one series, where its training set is memorized and test
+    accuracy does not reach 0.99 at the same evaluation in every seed (as it does where the
+    training data are fresh samples: nothing is memorized there, and no delay to report)."""
     memorized = _row(rows, "eval/exact_match", "memorization_step")
     if memorized is None or np.isnan(memorized["value"]):
         return None
     generalized = _row(rows, "eval/exact_match", "generalization_step")
     ratio = _row(rows, "eval/exact_match", "grokking_ratio")
+    if ratio["value"] == 1 and not ratio["high"] > 1:
+        return None
     if np.isnan(generalized["value"]):
         return f"grokking: memorized at step {describe(memorized)}; {generalized['note']}"
     seeds = "1 seed" if ratio["n_seeds"] == 1 else f"{ratio['n_seeds']:.0f} seeds"

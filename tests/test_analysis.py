@@ -476,10 +476,11 @@ def test_the_report_ends_with_computed_verdicts_under_the_rules_that_decide_them
 
 def test_the_grokking_verdict_gives_the_delay_over_seeds_or_says_none():
     steps, rows = np.arange(0, 2001, 50), []
-    for weight_decay, seed in ((wd, seed) for wd in (1.0, 0.0) for seed in (0, 1)):
+    for weight_decay, seed in ((wd, seed) for wd in (1.0, 0.0, 0.5) for seed in (0, 1)):
         train = np.clip(steps / 100, 0, 1)  # memorized at step 100
-        test = (1 / (1 + np.exp(-(steps - 1100 - 100 * seed) / 50)) if weight_decay
-                else np.full(len(steps), 0.3))  # 0.99 at steps 1,350 and 1,450; never
+        test = (1 / (1 + np.exp(-(steps - 1100 - 100 * seed) / 50)) if weight_decay == 1
+                else np.full(len(steps), 0.3) if weight_decay == 0
+                else train)  # 0.99 at steps 1,350 and 1,450; never; at once (fresh data)
         common = {"run": f"{weight_decay}-{seed}", "task": "modular", "seed": seed,
                   "weight_decay": weight_decay, "params": 1e4, "non_embedding_params": 1e4,
                   "tokens": 0, "flops": 0}
@@ -487,7 +488,7 @@ def test_the_grokking_verdict_gives_the_delay_over_seeds_or_says_none():
             rows += [{**common, "step": step, "metric": metric, "value": value}
                      for step, value in zip(steps, curve, strict=True)]
     lines = summary.verdicts(summary.summarize(pd.DataFrame(rows)))
-    assert len(lines) == 2  # one size: no sudden-or-smooth line
+    assert len(lines) == 2  # one size: no sudden-or-smooth line; no delay at 0.5: no line
     assert lines[1].startswith("weight_decay=1: grokking: generalized 14 [")  # 13.5 and 14.5
     assert "(steps 1,400 [" in lines[1] and "; 2 seeds)" in lines[1]
     assert lines[0] == ("weight_decay=0: grokking: memorized at step 100 [100, 100], 2 seeds; "
