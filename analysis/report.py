@@ -98,7 +98,9 @@ def too_few_rungs(table: pd.DataFrame) -> str | None:
 def rules() -> str:
     """The rules the summary and the verdicts follow, from the constants that set them."""
     return (f"Every statistic is computed per seed, then averaged over the seeds that have one; "
-            f"brackets give the {summary.INTERVAL} (Student's t on the per-seed values), "
+            f"brackets give the {summary.INTERVAL} (Student's t on the per-seed values; for "
+            f"{', '.join(summary.LOG_SCALE)}, a ratio, on their logarithms: geometric mean and "
+            "interval), "
             f"\"1 seed\" stands where there is no interval. Curve statistics need "
             f"{emergence.MIN_POINTS} distinct x values (rungs or evaluations); with fewer there "
             "is no number (with 3 rungs every monotone curve has linearity = breakthroughness "
