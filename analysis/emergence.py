@@ -301,7 +301,9 @@ def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], tup
             "eval/exact_match"} <= set(wide.columns):
         for name, value in progress.lead(wide).items():
             if name in PROGRESS_EVENTS:
-                stats[("restricted_loss", name)] = (value, "")
+                stats[("restricted_loss", name)] = (value, "" if np.isfinite(value) else (
+                    "none: not memorized, restricted loss never halves, or test accuracy never "
+                    "reaches 0.95"))
     if "induction_loss" in wide.columns:
         stats |= _induction(x, wide)
     return stats

@@ -60,7 +60,7 @@ EXPERIMENTS = (
     Experiment("addition_format_small", ("Runs", "Where the errors are"), (), ("--last",)),
     Experiment("grokking_small", ("Events during training", "Causal checks"),
                ("modular_grokking_*",), sweep=False),
-    Experiment("grokking_sweep_small", ("Runs", "Events during training"), (), ("--last",)),
+    Experiment("grokking_sweep_small", ("Runs", "Events during training"), ()),
     Experiment("induction_heads_small", ("Events during training", "Causal checks"),
                ("induction_induction", "induction_attention")),
     Experiment("parity_small", ("Events during training",), ("parity_eval_loss_vs_step",),
