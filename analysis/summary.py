@@ -89,8 +89,8 @@ def log_t_interval(values) -> dict[str, float]:
         return t_interval(values)
     sign = 1.0 if values[0] > 0 else -1.0
     logs = t_interval(np.log(sign * values))
-    return {"mean": sign * np.exp(logs["mean"]), "low": sign * np.exp(logs["low"]),
-            "high": sign * np.exp(logs["high"]), "n": logs["n"]}
+    low, high = sorted(sign * np.exp([logs["low"], logs["high"]]))  # NaN stays NaN
+    return {"mean": sign * np.exp(logs["mean"]), "low": low, "high": high, "n": logs["n"]}
 
 
 # Ratio statistics, summarized over seeds on a log scale (log_t_interval).

@@ -560,7 +560,9 @@ def test_a_ratio_statistic_is_summarized_on_a_log_scale_so_one_large_seed_stays_
     assert plain["low"] < 0 < ratio["low"] < 40 and ratio["high"] > 250
     assert ratio["mean"] == pytest.approx((40 * 60 * 250) ** (1 / 3))
     falling = summary.log_t_interval([-40.0, -60.0, -250.0])
-    assert falling["high"] < 0 and falling["mean"] == pytest.approx(-ratio["mean"])
+    assert falling["low"] == pytest.approx(-ratio["high"])
+    assert falling["low"] < falling["high"] == pytest.approx(-ratio["low"])
+    assert falling["mean"] == pytest.approx(-ratio["mean"])
     assert summary.log_t_interval([-1.0, 2.0])["mean"] == 0.5  # mixed signs: arithmetic
 
 
