@@ -184,7 +184,7 @@ def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(addit
     edit = breakthroughness("eval/edit_distance")
     print(f"breakthroughness: exact match {exact}, token accuracy {token}, edit distance {edit}")
     assert exact.low > token.high  # the intervals over the 5 seeds do not overlap
-    assert exact.low > abs(edit.low)  # edit distance falls: its interval is negative, low its far end
+    assert exact.low > abs(edit.low)  # edit distance falls: low is its far end
     verdicts = (addition_dir / "analysis" / "report.md").read_text().split("## Verdicts")[1]
     assert "eval/exact_match: sudden" in verdicts
 
