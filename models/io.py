@@ -3,21 +3,35 @@
 A checkpoint file is self-describing: `load_model` rebuilds the model from the stored config
 alone. safetensors holds only tensors and string metadata, so loading never runs code (unlike
 pickle). Training state (optimizer, RNG) is not model weights and lives with the trainer.
+Identical weights and metadata give identical bytes, so checkpoints compare by checksum.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from models.config import GPTConfig
 from models.gpt import GPT
+from models.layout import write_atomic
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors' file with its metadata in sorted order. safetensors keeps the metadata in a
+    hash map whose order changes from process to process (its tensors it sorts), so without
+    this two saves of the same weights differ in their header's bytes."""
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])  # keeps the tensors' order, and so their offsets
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def save_model(model: GPT, path: str | Path, metadata: dict | None = None) -> None:
@@ -36,9 +50,8 @@ def save_model(model: GPT, path: str | Path, metadata: dict | None = None) -> No
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    # Bytes first, then one plain write: a full disk is an OSError (ENOSPC), not a library's.
+    write_atomic(path, safetensors_bytes(tensors, header))
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -4,12 +4,21 @@
     <run>/run.json                             config, git state, host, resumes
     <run>/metrics.jsonl                        one JSON record per logged step
     <run>/summary.json                         how the run ended (written last)
-    <run>/checkpoints/step_0000100/            model.safetensors, meta.json (+ state.pt)
+    <run>/checkpoints/step_0000100/            model.safetensors, meta.json (+ state.pt),
+                                               manifest.json (written last)
     <run>/member_<i>/                          member i of an ensemble: a run of its own
+
+A checkpoint proves itself: its manifest.json, written last and atomically, holds its step and
+the sha256 of each of its files, so a reader can tell a complete, intact checkpoint from a
+damaged one (`verify_checkpoint`). Checkpoints written before manifests existed have none and
+are read as they are ("no manifest").
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +32,7 @@ CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 STATE = "state.pt"  # optimizer, schedule and RNG state: what a resume needs beyond the weights
+MANIFEST = "manifest.json"  # {"step": N, "sha256": {file name: hex digest}}
 
 STEP_DIR = re.compile(r"step_(\d{7,})")
 MEMBER_DIR = re.compile(r"member_(\d+)")
@@ -63,3 +73,84 @@ def is_member(path: Path) -> bool:
 def is_ensemble(path: Path) -> bool:
     """An ensemble's directory: its members, below it, are the runs."""
     return any(is_member(p) and p.is_dir() for p in path.glob("member_*"))
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `path` so that a reader, or a kill at any moment, sees the old file or the new one,
+    never a part (a temporary file renamed into place; removed again if the write fails)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that is missing, unreadable or not the one its manifest lists."""
+
+
+def write_manifest(step_dir: Path, step: int) -> None:
+    """The manifest of every file now in `step_dir`: the last write of a checkpoint."""
+    files = {p.name: sha256(p) for p in sorted(step_dir.iterdir())
+             if p.is_file() and p.name != MANIFEST}
+    write_atomic(step_dir / MANIFEST, json.dumps({"step": step, "sha256": files}, indent=1) + "\n")
+
+
+def read_manifest(step_dir: Path) -> dict | None:
+    """`step_dir`'s manifest (None where there is none: a checkpoint of an older version)."""
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not (isinstance(manifest["step"], int) and isinstance(manifest["sha256"], dict)):
+            raise ValueError("no step or no sha256 table")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpoint(f"{path}: corrupt checkpoint: its manifest is unreadable "
+                                f"({e})") from None
+    if manifest["step"] != step_of(step_dir):
+        raise CorruptCheckpoint(f"{path}: corrupt checkpoint: the manifest is of step "
+                                f"{manifest['step']}, the directory of step {step_of(step_dir)}")
+    return manifest
+
+
+def verify_checkpoint(step_dir: Path) -> set[str] | None:
+    """Check each file `step_dir`'s manifest lists against its sha256; the names of the files
+    verified, or None for a checkpoint without a manifest. CorruptCheckpoint names the first
+    file that is missing, unreadable or changed since it was written."""
+    manifest = read_manifest(step_dir)
+    if manifest is None:
+        return None
+    for name, digest in manifest["sha256"].items():
+        path = step_dir / name
+        try:
+            actual = sha256(path)
+        except OSError as e:
+            raise CorruptCheckpoint(f"{path}: corrupt checkpoint: the file is missing or "
+                                    f"unreadable ({e.strerror})") from None
+        if actual != digest:
+            raise CorruptCheckpoint(
+                f"{path}: corrupt checkpoint: its bytes are not those written (sha256 differs "
+                f"from {MANIFEST}'s); the file was damaged after it was saved")
+    return set(manifest["sha256"])
+
+
+def remove_from_checkpoint(path: Path) -> None:
+    """Delete one file of a checkpoint (state.pt, once a newer one holds the state): the
+    manifest drops it first, so a kill in between leaves an unlisted file, never a listed one
+    missing."""
+    manifest = read_manifest(path.parent)
+    if manifest is not None and path.name in manifest["sha256"]:
+        del manifest["sha256"][path.name]
+        write_atomic(path.parent / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    path.unlink()

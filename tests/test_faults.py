@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -38,7 +37,7 @@ from test_train import (
 )
 
 from analysis.runs import score
-from train.log import truncate_metrics
+from train.log import resume_metrics
 from train.loop import run
 
 
@@ -211,7 +210,7 @@ def test_a_kill_while_metrics_are_truncated_leaves_the_old_file(finished_run, tm
 
     monkeypatch.setattr(Path, "write_text", killed_half_way)
     with pytest.raises(SystemExit):
-        truncate_metrics(path, 4)
+        resume_metrics(path, 4, [], dict)
     assert path.read_bytes() == before
 
 
@@ -243,7 +242,7 @@ def test_an_unreadable_metrics_line_inside_the_file_is_an_error_naming_it(finish
     lines = (finished_run / "metrics.jsonl").read_text().splitlines()
     path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match=rf"{path}, line 2"):
-        truncate_metrics(path, 4)
+        resume_metrics(path, 4, [], dict)
 
 
 # --- damaged training state -------------------------------------------------------------------
@@ -323,16 +322,16 @@ def test_a_refused_rerun_leaves_the_recorded_config(tmp_path, ended):
 
 def test_a_full_disk_is_one_error_naming_the_checkpoint_and_the_run_is_marked_failed(
         tmp_path, monkeypatch):
-    real_save = torch.save
+    real_write = Path.write_bytes
 
-    def full_after_step_2(obj, path, *args, **kwargs):
-        if "step_0000004" in str(path):
+    def full_after_step_2(self, data):
+        if "step_0000004" in str(self):
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, path, *args, **kwargs)
+        return real_write(self, data)
 
-    monkeypatch.setattr(torch, "save", full_after_step_2)
+    monkeypatch.setattr(Path, "write_bytes", full_after_step_2)
     checkpoint = tmp_path / "checkpoints/step_0000004"
-    with pytest.raises(OSError, match=f"cannot write the checkpoint {checkpoint} .No space") as e:
+    with pytest.raises(OSError, match=f"cannot write the checkpoint {checkpoint}: no space") as e:
         train(tmp_path)
     assert e.value.errno == errno.ENOSPC and e.value.__cause__ is None
     summary = read(tmp_path / "summary.json")

@@ -1,11 +1,13 @@
 """Checkpoints: which steps keep weights, atomic saves, and the training state that resumes a run.
 
 `<run>/checkpoints/step_0000100/` holds `model.safetensors` (weights and model config, written
-by `models.save_model`), `meta.json` (step, tokens, flops) and, in the newest checkpoint only
-unless `checkpoint.keep_state=all`, `state.pt`: optimizer, scheduler, every RNG, the data
-generator and the loop's counters, everything a resumed run needs to continue bitwise as if it
-had never stopped. A checkpoint is written under `checkpoints/.tmp-step_...` and renamed into
-place, so a directory named `step_*` is always complete; leftovers of a crash are removed.
+by `models.save_model`), `meta.json` (step, tokens, flops, and the metrics.jsonl records logged
+since the previous checkpoint, from which a damaged metrics.jsonl is rebuilt), in the newest
+checkpoint only unless `checkpoint.keep_state=all`, `state.pt`: optimizer, scheduler, every RNG,
+the data generator and the loop's counters, everything a resumed run needs to continue bitwise
+as if it had never stopped, and last `manifest.json` (models/layout.py: the sha256 of each
+file). A checkpoint is written under `checkpoints/.tmp-step_...` and renamed into place, so a
+directory named `step_*` is always complete; leftovers of a crash are removed.
 
 state.pt holds only tensors and plain containers, so it loads with `weights_only=True` (no
 pickled code runs on load).
@@ -13,6 +15,7 @@ pickled code runs on load).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ import torch
 
 from models import layout, save_model
 from train.config import CheckpointConfig
+from train.log import write_error
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +45,26 @@ def is_checkpoint_step(step: int, total_steps: int, cfg: CheckpointConfig) -> bo
 
 
 def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
-         state: dict | None) -> Path:
-    """Write checkpoints/step_XXXXXXX atomically; with `state`, it is a resume point."""
+         state: dict | None, records: list[dict] = ()) -> Path:
+    """Write checkpoints/step_XXXXXXX atomically, its manifest last; with `state`, it is a
+    resume point. `records`: the metrics.jsonl records since the previous checkpoint."""
     final = checkpoints / layout.step_dir_name(step)
     tmp = checkpoints / (TMP_PREFIX + final.name)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         save_model(model, tmp / layout.WEIGHTS, metadata=meta)
-        (tmp / layout.META).write_text(json.dumps(meta, indent=1) + "\n")
-        if state is not None:
-            torch.save(state, tmp / layout.STATE)
+        (tmp / layout.META).write_text(json.dumps({**meta, "records": list(records)},
+                                                  indent=1) + "\n")
+        if state is not None:  # to memory, then one plain write: a full disk is an OSError
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            (tmp / layout.STATE).write_bytes(buffer.getbuffer())
+        layout.write_manifest(tmp, step)
     except OSError as e:  # a full disk, say: one error naming the checkpoint, not the writers'
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(e.errno, f"cannot write the checkpoint {final} ({e.strerror or e}); the "
-                               f"checkpoints before it are unchanged") from None
+        e = write_error(e, f"the checkpoint {final}")
+        raise OSError(e.errno, f"{e.strerror}; the checkpoints before it are unchanged") from None
     if final.exists():  # left by an earlier attempt at this run that got further than its state
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -66,7 +75,7 @@ def prune_states(checkpoints: Path, keep: int) -> None:
     """Delete state.pt everywhere but in step `keep` (checkpoint.keep_state=last)."""
     for path in checkpoints.glob(f"step_*/{layout.STATE}"):
         if path.parent.name != layout.step_dir_name(keep):
-            path.unlink()
+            layout.remove_from_checkpoint(path)
 
 
 def saved_steps(checkpoints: Path) -> list[int]:
@@ -82,6 +91,24 @@ def resumable_steps(checkpoints: Path) -> list[int]:
         shutil.rmtree(tmp)
     return sorted(step for path in checkpoints.glob("step_*")
                   if (step := layout.step_of(path)) is not None and (path / layout.STATE).is_file())
+
+
+def saved_records(checkpoints: Path, upto: int) -> dict[int, dict]:
+    """step -> record: the metrics.jsonl records that the checkpoints up to step `upto` carry in
+    meta.json. A checkpoint that fails its manifest is left out with a warning."""
+    found = {}
+    for step in saved_steps(checkpoints):
+        step_dir = checkpoints / layout.step_dir_name(step)
+        if step > upto:
+            break
+        try:
+            layout.verify_checkpoint(step_dir)
+            meta = json.loads((step_dir / layout.META).read_text())
+        except (OSError, ValueError) as e:
+            log.warning("%s: its records cannot restore %s", e, layout.METRICS)
+            continue
+        found |= {record["step"]: record for record in meta.get("records", [])}
+    return found
 
 
 def rng_state(data_generator: torch.Generator) -> dict:

@@ -19,17 +19,18 @@ preempting and finished with a nonzero exit code, which wandb shows as preempted
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from models import layout
-from train.config import WandbConfig
+from train.config import TrainConfig, WandbConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,42 @@ SUMMARY_KEYS = ("status", "steps", "tokens", "params", "params_non_embedding", "
                 "flops")
 
 
-def truncate_metrics(path: Path, last_step: int | None) -> dict:
-    """Drop the records after `last_step` (all of them for None): a resumed run rewrites them.
-    The file is replaced atomically (a kill leaves the old one or the new one). A torn last line
-    (a kill while it was written) is dropped with a warning; any other unreadable line is an
-    error naming the file. Returns the last record kept ({} if none)."""
-    if not path.exists():
-        return {}
-    lines, keep = path.read_text().splitlines(), []
+def is_eval_step(step: int, total_steps: int, cfg: TrainConfig) -> bool:
+    """Whether the loop evaluates (and records) at `step`: every eval_every, and the last."""
+    return step % cfg.eval_every == 0 or step == total_steps
+
+
+def is_log_step(step: int, total_steps: int, cfg: TrainConfig) -> bool:
+    """Whether the loop writes a record at `step`: each evaluation and every log_every."""
+    return is_eval_step(step, total_steps, cfg) or step % cfg.log_every == 0
+
+
+def spans(steps: list[int]) -> str:
+    """Steps as a message lists them: all of a few, or "0, 10, ..., 300 (31 steps)"."""
+    if len(steps) <= 6:
+        return ", ".join(map(str, steps))
+    return f"{steps[0]}, {steps[1]}, ..., {steps[-1]} ({len(steps)} steps)"
+
+
+def write_error(e: OSError, what: str) -> OSError:
+    """One error naming what could not be written and why, in words (a full disk: "no space
+    left on the device"), in place of the writer's own."""
+    why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+    return OSError(e.errno, f"cannot write {what}: {why}")
+
+
+def resume_metrics(path: Path, last_step: int | None, expected: list[int],
+                   saved: Callable[[], dict[int, dict]]) -> dict:
+    """Cut metrics.jsonl back to the records a run resumed from `last_step` keeps (none for
+    None) and check them: each `expected` step (the loop's log steps up to `last_step`) must have
+    its record. A missing one (the file emptied or cut, a torn last line) is restored from
+    `saved()` (step -> record: the records the checkpoints' meta.json carry), with a warning;
+    where that cannot be done the resume is refused, naming the file and the steps: never a
+    silent partial history. A step recorded twice keeps its first record. An unreadable line
+    other than the last is an error naming it. The file is replaced atomically. Returns the last
+    record kept ({} if none)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept: dict[int, dict] = {}
     for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
@@ -59,14 +88,28 @@ def truncate_metrics(path: Path, last_step: int | None) -> dict:
             if number < len(lines):
                 raise ValueError(f"{path}, line {number}: not a JSON record ({e}); the run's "
                                  f"records are damaged: repair or remove that line") from None
-            log.warning("%s: dropping its last line, written only in part: %r", path, line[:80])
+            log.warning("%s: its last line, written only in part (the run was killed while "
+                        "writing it), is lost: %r", path, line[:80])
             break
         if last_step is not None and record["step"] <= last_step:
-            keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-    return json.loads(keep[-1]) if keep else {}
+            if record["step"] in kept:
+                log.warning("%s: step %d is recorded twice; keeping the first record", path,
+                            record["step"])
+            kept.setdefault(record["step"], record)
+    if missing := [step for step in expected if step not in kept]:
+        available = saved()
+        restored = [step for step in missing if step in available]
+        if lost := sorted(set(missing) - set(restored)):
+            raise ValueError(
+                f"{path} lacks the records of steps {spans(lost)} (emptied, cut or edited) and "
+                f"no checkpoint holds them: resuming from step {last_step} would leave a partial "
+                f"history. Restore the file, or pass train.overwrite=true to start over")
+        log.warning("%s lacked the records of steps %s: restored from the checkpoints' %s",
+                    path, spans(restored), layout.META)
+        kept |= {step: available[step] for step in restored}
+    records = [kept[step] for step in sorted(kept)]
+    layout.write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+    return records[-1] if records else {}
 
 
 def sweep_coordinates(config: dict, overrides: list[str]) -> dict:
@@ -191,8 +234,11 @@ class RunLogger:
             self.wandb.summary.update(values)
 
     def log(self, record: dict) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+        except OSError as e:
+            raise write_error(e, self.metrics.name) from None
         if self.wandb is not None and record["step"] > self.logged_step:
             self._guard(self.wandb.log, record, step=record["step"])
         elapsed = record["elapsed_s"] - self.start["elapsed_s"]

@@ -26,6 +26,7 @@ import tasks
 from models import GPTConfig
 from train import checkpoint, ensemble
 from train.config import Config, check_buildable
+from train.log import is_eval_step, is_log_step
 from train.state import (
     Diverged,
     Progress,
@@ -153,7 +154,7 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
     status = "failed"
     try:
         with checkpoint.Preemption() as preemption:
-            if progress.step == 0:
+            if not progress.resumed:  # step 0's record and checkpoint
                 book(at_eval=True, at_log=True, at_save=True)
             while (progress.step < progress.total and preemption.signum is None
                    and any(r.alive for r in runs)):
@@ -165,8 +166,8 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
                         r.stats.add(progress.step, losses[i], grad_norms[i])
 
                 step = progress.step
-                at_eval = step % cfg.train.eval_every == 0 or step == progress.total
-                at_log = at_eval or step % cfg.train.log_every == 0
+                at_eval = is_eval_step(step, progress.total, cfg.train)
+                at_log = at_eval or is_log_step(step, progress.total, cfg.train)
                 at_save = (checkpoint.is_checkpoint_step(step, progress.total, cfg.checkpoint)
                            or preemption.signum is not None)
                 if at_log or at_save:

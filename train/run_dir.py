@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from models import layout
 from train import checkpoint
 from train.config import Config
-from train.log import truncate_metrics
+from train.log import is_log_step, resume_metrics, spans
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,19 @@ def now() -> str:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A JSON file of the run directory, {} where there is none. A damaged one (cut or edited)
+    reads as none, with a warning naming it: the run writes it again, and resumes where its
+    checkpoints allow."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+        raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        log.warning("%s is damaged (%s); read as absent, and written again by this run", path, e)
+        return {}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -163,29 +175,39 @@ class RunDir:
             f.close()
 
     def loadable(self, steps: list[int]) -> list[int]:
-        """`steps` up to the newest whose state.pt loads (kept for `load_state`): an unreadable
-        newer one is skipped with a warning, and the steps after the resumed one are trained
-        again (bitwise as before). A directory whose checkpoints hold no loadable state is
-        refused: starting over would silently discard them."""
+        """`steps` up to the newest whose checkpoint passes its manifest and whose state.pt
+        loads (kept for `load_state`): a damaged newer one is skipped with a warning naming the
+        file, and the steps after the resumed one are lost and trained again (bitwise as
+        before). A directory whose checkpoints hold no loadable state is refused: starting
+        over would silently discard them."""
+        problem = None
         while steps:
             step_dir = self.checkpoints / layout.step_dir_name(steps[-1])
             try:
+                verified = layout.verify_checkpoint(step_dir)
+                if verified is not None and layout.STATE not in verified:
+                    raise ValueError(f"{step_dir / layout.STATE} is not in the checkpoint's "
+                                     f"{layout.MANIFEST}: an unfinished removal")
                 self.states = {steps[-1]: checkpoint.load_state(step_dir)}
                 break
             except ValueError as e:
+                problem = problem or str(e)
                 log.warning("%s; resuming from an older checkpoint", e)
                 steps = steps[:-1]
         saved = checkpoint.saved_steps(self.checkpoints)
         if saved and not steps and not self.cfg.train.overwrite:
             newest = self.checkpoints / layout.step_dir_name(saved[-1]) / layout.STATE
             raise ValueError(
-                f"{self.path} cannot resume: no checkpoint holds a loadable state.pt (the newest, "
-                f"{newest}, is missing or unreadable). Starting over would lose steps 0-"
+                f"{self.path} cannot resume: no checkpoint holds a loadable state.pt (the newest: "
+                f"{problem or f'{newest} is missing'}). Starting over would lose steps 0-"
                 f"{saved[-1]} and their checkpoints; restore the file, pass train.overwrite=true "
                 f"to start over, or choose another directory")
         if saved and steps and saved[-1] > steps[-1]:
-            log.warning("%s: resuming from step %d; the checkpoints after it have no loadable "
-                        "state.pt and are written again", self.path, steps[-1])
+            lost = [s for s in saved if s > steps[-1]]
+            log.warning("%s: resuming from step %d; the checkpoints of steps %s have no usable "
+                        "state: steps %d-%d are lost and trained again, and their records in %s "
+                        "are dropped", self.path, steps[-1], spans(lost), steps[-1] + 1,
+                        saved[-1], layout.METRICS)
         return steps
 
     def load_state(self, step: int) -> dict:
@@ -210,8 +232,12 @@ class RunDir:
                          "group": self.group, "git": git_state(), "host": socket.gethostname(),
                          "pid": os.getpid(), "started": now(), "resumed": [],
                          "wandb_id": uuid.uuid4().hex[:12]}
-        self.last_record = truncate_metrics(
-            self.path / layout.METRICS, None if resume is None else layout.step_of(resume))
+        step = None if resume is None else layout.step_of(resume)
+        expected = [] if step is None else [
+            s for s in range(step + 1) if is_log_step(s, self.cfg.train.steps, self.cfg.train)]
+        self.last_record = resume_metrics(
+            self.path / layout.METRICS, step, expected,
+            lambda: checkpoint.saved_records(self.checkpoints, step))
         write_json(self.path / layout.RUN_INFO, self.info)
         (self.path / layout.SUMMARY).unlink(missing_ok=True)
 

@@ -164,6 +164,7 @@ class Progress:
     step: int = 0
     tokens: int = 0
     t0: float = 0.0  # time.perf_counter() at step 0 of the first attempt
+    resumed: bool = False  # from a checkpoint, whose step's record is written already
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -187,6 +188,7 @@ class RunState:
     stats: TrainStats
     logger: RunLogger | None = None
     last: dict = dataclasses.field(default_factory=dict)  # the newest record
+    unsaved: list = dataclasses.field(default_factory=list)  # records since the last checkpoint
     alive: bool = True
     error: str | None = None
 
@@ -198,6 +200,7 @@ class RunState:
                                                             progress.total)
         self.last = {**row, **metrics}
         self.logger.log(self.last)
+        self.unsaved.append(self.last)
 
     def save(self, progress: Progress, optimizer_state: dict) -> None:
         """Checkpoint weights and the full training state (pruning is the caller's, once every
@@ -207,7 +210,8 @@ class RunState:
                  "scheduler": self.scheduler.state_dict(),
                  "rng": checkpoint.rng_state(self.generator), "stats": self.stats.state_dict()}
         checkpoint.save(self.dir.checkpoints, progress.step, self.model,
-                        progress.meta(self.model.flops_per_token()), state)
+                        progress.meta(self.model.flops_per_token()), state, self.unsaved)
+        self.unsaved = []
 
     def finish(self, progress: Progress, status: str, diverged: Diverged | None = None) -> None:
         """Write summary.json and close the logger; `diverged`: the run stopped on it (the
@@ -284,7 +288,7 @@ def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
             run.stats.load_state_dict(state["stats"])
             progress.step, progress.tokens, elapsed = (state["step"], state["tokens"],
                                                        state["elapsed_s"])
-            progress.t0 = time.perf_counter() - elapsed
+            progress.t0, progress.resumed = time.perf_counter() - elapsed, True
         runs.append(run)
     if resume_step is None:
         progress.t0 = time.perf_counter()
