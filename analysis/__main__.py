@@ -9,8 +9,9 @@ Writes `<out>/scores.csv` (incremental: checkpoints already scored are not score
 learning-rate transfer view (analysis/transfer.py). `--forecast` (and any sweep of >= 4 model
 sizes) adds the forecast of the top `--holdout` rungs' exact match from the smaller ones
 (analysis/forecast.py): forecast.csv, forecast_steps.csv, a figure and a report section. A bad
-run or checkpoint is reported as a warning and skipped; a directory without any run exits with
-status 2.
+run or checkpoint (one that fails its manifest, say) is reported as a warning, skipped, and
+listed in the report; a directory without any run exits with status 2. Tables that a re-run
+reads are written atomically. `python -m analysis.verify DIR` checks the runs without scoring.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from analysis import forecast, plots, slices, summary, transfer
 from analysis.report import causal_section, log_to_wandb, markdown_table, write_report
-from analysis.runs import find_runs, score
+from analysis.runs import Run, find_runs, score, write_csv
 
 log = logging.getLogger("analysis")
 
@@ -66,11 +67,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def bad_arguments(args: argparse.Namespace, out: Path) -> str | None:
+    """Why the arguments cannot work (checked before anything is read or written), or None."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return f"--device {args.device}: not a device; use cpu, cuda or cuda:<index>"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {args.device}: no CUDA device is available here; use --device cpu"
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: a file; --out names the output directory (created if absent)"
+    return None
+
+
+def skipped_section(runs: list[Run]) -> str | None:
+    """The report's list of checkpoints that could not be scored, and why."""
+    lines = [f"- `{run.name}` step {step}: {why}" for run in runs
+             for step, why in sorted(run.skipped.items())]
+    return "## Skipped checkpoints\n\n" + "\n".join(lines) if lines else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     out = args.out or args.dir / "analysis"
+    if problem := bad_arguments(args, out):
+        log.error("%s", problem)
+        return 2
     try:
         runs = find_runs(args.dir)
     except ValueError as e:
@@ -91,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
     table = summary.summarize(df)
     per_slice = summary.slice_transitions(by_slice)
-    pd.concat([table, per_slice]).to_csv(out / "summary.csv", index=False)
+    write_csv(pd.concat([table, per_slice]), out / "summary.csv")
     figures = plots.make_figures(df, runs, out / "figures")
     figures += plots.slice_figures(by_slice, out / "figures")
     sections = [s for s in [slices.errors_section(by_slice, markdown_table, per_slice),
-                            causal_section(df)] if s]
+                            causal_section(df), skipped_section(runs)] if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])
     if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):
         try:

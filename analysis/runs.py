@@ -6,7 +6,10 @@ The run directory (its layout: models/layout.py) is the only input: `.hydra/conf
 the statistics and tables built from the scores table are pure functions of it.
 
 A bad item (an unreadable config, a run without checkpoints, a corrupt checkpoint) is logged as
-one warning naming its path and skipped, so the other runs are still scored.
+one warning naming its path and skipped, so the other runs are still scored; the checkpoints
+skipped are kept in `Run.skipped` for the report. Every checkpoint is checked against its
+manifest (models/layout.py) before it is loaded. scores.csv is written atomically, and a damaged
+one is rebuilt from the checkpoints.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Run:
     name: str  # the run's path relative to the directory searched: the `run` column
     config: DictConfig
     coords: dict = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)  # step -> why `score` skipped it
 
     def _checkpoint_dirs(self) -> dict[int, Path]:
         found = {}
@@ -61,8 +65,11 @@ class Run:
         return self.load_checkpoint(step, device)[0]
 
     def load_checkpoint(self, step: int | None = None, device: str = "cpu"):
-        """(model, metadata) saved at `step` (None = last); metadata holds step, tokens, flops."""
-        model, meta = models.load_model(self.checkpoint_path(step), device=device)
+        """(model, metadata) saved at `step` (None = last); metadata holds step, tokens, flops.
+        layout.CorruptCheckpoint where a file fails the checkpoint's manifest."""
+        path = self.checkpoint_path(step)
+        layout.verify_checkpoint(path.parent)
+        model, meta = models.load_model(path, device=device)
         return model.eval(), meta
 
     def checkpoint_path(self, step: int | None = None) -> Path:
@@ -94,8 +101,13 @@ class Run:
         return pd.DataFrame(rows)
 
     def summary(self) -> dict:
+        """summary.json ({} while the run has none; a damaged one likewise, with a warning)."""
         path = self.path / layout.SUMMARY
-        return json.loads(path.read_text()) if path.exists() else {}
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as e:
+            log.warning("%s is damaged (%s): read as absent", path, e)
+            return {}
 
 
 def _natural_key(path: Path) -> list:
@@ -187,6 +199,36 @@ def _rows(run: Run, step: int, model, meta: dict, scores: dict[str, float]) -> p
                          for k, v in scores.items() for metric, part in [slices.split_key(k)]])
 
 
+SCORES_COLUMNS = ("run", "step", "metric", "value")
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """`table` to `path` atomically: a kill leaves the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout.write_atomic(path, table.to_csv(index=False))
+
+
+def read_scores(csv: Path) -> pd.DataFrame:
+    """The scores table written before (empty if none). A damaged one (empty, cut, not a table
+    of scores) is rebuilt from the checkpoints: read as empty, with a warning naming it."""
+    if not csv.exists():
+        return pd.DataFrame()
+    try:
+        if not csv.read_bytes().endswith(b"\n"):  # every table written ends its last row
+            raise ValueError("its last row is cut")
+        table = pd.read_csv(csv, dtype={"run": str})
+        if missing := set(SCORES_COLUMNS) - set(table.columns):
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        if table[list(SCORES_COLUMNS[:3])].isna().any().any():
+            raise ValueError("rows without a run, step or metric")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:  # EmptyDataError too
+        log.warning("%s is damaged (%s): scoring every checkpoint again to rebuild it", csv, e)
+        return pd.DataFrame()
+    if len(table) and "slice" not in table:  # written before metrics were sliced
+        table["slice"] = slices.ALL
+    return table
+
+
 def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
           device: str = "cpu", out: str | Path | None = None,
           runs: list[Run] | None = None) -> pd.DataFrame:
@@ -201,9 +243,7 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
     if not runs:
         raise ValueError(f"no runs under {path}: no directory with .hydra/config.yaml")
     csv = Path(out or Path(path) / "analysis") / "scores.csv"
-    table = pd.read_csv(csv, dtype={"run": str}) if csv.exists() else pd.DataFrame()
-    if len(table) and "slice" not in table:  # written before metrics were sliced
-        table["slice"] = slices.ALL
+    table = read_scores(csv)
     done = set(zip(table["run"], table["step"], strict=True)) if len(table) else set()
     todo = {run.name: [s for s in _selected_steps(run, steps, last) if (run.name, s) not in done]
             for run in runs}
@@ -225,8 +265,9 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
             try:
                 model, meta = run.load_checkpoint(step, device)
             except Exception as e:  # any cause, e.g. a config too large to allocate
-                log.warning("skipping checkpoint %s: %s: %s", run.checkpoint_path(step),
-                            type(e).__name__, e)
+                run.skipped[step] = f"{type(e).__name__}: {e}"
+                log.warning("skipping checkpoint %s: %s", run.checkpoint_path(step),
+                            run.skipped[step])
                 continue
             scored.append(_rows(run, step, model, meta, scoring.score(model, task)))
         finished += len(todo[run.name])
@@ -235,7 +276,6 @@ def score(path: str | Path, steps: list[int] | None = None, last: bool = False,
                      run.name, len(scored), finished, total, time.perf_counter() - start)
         if scored:
             table = pd.concat([t for t in (table, *scored) if len(t)], ignore_index=True)
-            csv.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(csv, index=False)
+            write_csv(table, csv)
     bar.close()
     return table

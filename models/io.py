@@ -78,6 +78,14 @@ def fuse_attention_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
+def config_differences(saved: GPTConfig, expect: GPTConfig) -> list[str]:
+    """`field saved != expected` for each field `expect` sets (d_vocab and n_ctx may be None)
+    that the saved config does not share."""
+    want = dataclasses.asdict(expect.with_derived_sizes())
+    return [f"{name} {value} != {want[name]}" for name, value in dataclasses.asdict(saved).items()
+            if want[name] is not None and value != want[name]]
+
+
 def load_model(
     path: str | Path, expect: GPTConfig | None = None, device: str | torch.device = "cpu"
 ) -> tuple[GPT, dict]:
@@ -89,18 +97,9 @@ def load_model(
         cfg = GPTConfig(**meta["config"]).for_building()
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {path} holds an invalid model config: {e}") from e
-    if expect is not None:
-        want = expect.with_derived_sizes()
-        diffs = [
-            f"{f.name} {getattr(cfg, f.name)} != {getattr(want, f.name)}"
-            for f in dataclasses.fields(cfg)
-            if getattr(want, f.name) is not None and getattr(cfg, f.name) != getattr(want, f.name)
-        ]
-        if diffs:
-            raise ValueError(
-                f"checkpoint {path} was saved from a different model (saved != expected): "
-                + ", ".join(diffs)
-            )
+    if expect is not None and (diffs := config_differences(cfg, expect)):
+        raise ValueError(f"checkpoint {path} was saved from a different model (saved != "
+                         f"expected): " + ", ".join(diffs))
     try:
         tensors = load_file(str(path), device=str(device))
     except (OSError, SafetensorError) as e:
