@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from models import layout
 from models.config import GPTConfig
@@ -124,13 +125,13 @@ def check_run(run: Path) -> tuple[str, str]:
     config = info.get("config")
     if config and (run / layout.HYDRA_CONFIG).exists():
         try:
-            hydra = flat(yaml.safe_load((run / layout.HYDRA_CONFIG).read_text()) or {})
+            hydra = flat(OmegaConf.to_container(OmegaConf.load(run / layout.HYDRA_CONFIG)))
             differ = sorted(k for k, v in flat(config).items()
                             if layout.is_coordinate(k) and k in hydra and hydra[k] != v)
             if differ:
                 problems.append(f"{layout.HYDRA_CONFIG} differs from {layout.RUN_INFO}'s config "
                                 f"in {', '.join(f'{k}={hydra[k]}' for k in differ)}")
-        except (OSError, yaml.YAMLError, AttributeError) as e:
+        except (OSError, ValueError, yaml.YAMLError) as e:
             problems.append(f"{layout.HYDRA_CONFIG}: unreadable ({e})")
 
     checkpoints = {}

@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
         out = export_run(args.run_dir, args.out_dir, args.step)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
+    except ModuleNotFoundError as e:  # transformers, tokenizers: the interop extra
+        parser.exit(2, f"error: {e.name} is not installed; export needs the interop extra: "
+                       f"pip install -e '.[interop]'\n")
     print(f"wrote {out}")
 
 

@@ -52,12 +52,15 @@ def snapshot(root: Path) -> dict[str, bytes]:
 KEEP_ALL = ["checkpoint.keep_state=all"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
+def train_finished(path: Path) -> Path:
     """A completed run that kept state.pt in every checkpoint."""
-    path = tmp_path_factory.mktemp("finished")
     train(path, *KEEP_ALL)
     return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    return train_finished(tmp_path_factory.mktemp("finished"))
 
 
 @pytest.mark.parametrize("overrides, message", [
