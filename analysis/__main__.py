@@ -76,7 +76,8 @@ def bad_arguments(args: argparse.Namespace, out: Path) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         return f"--device {args.device}: no CUDA device is available here; use --device cpu"
     if out.exists() and not out.is_dir():
-        return f"--out {out}: a file; --out names the output directory (created if absent)"
+        return (f"--out {out}: a file; --out names the output directory (created if absent)"
+                if args.out else f"{out}, the output directory, is a file: pass --out DIR")
     return None
 
 

@@ -167,7 +167,7 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
 
                 step = progress.step
                 at_eval = is_eval_step(step, progress.total, cfg.train)
-                at_log = at_eval or is_log_step(step, progress.total, cfg.train)
+                at_log = is_log_step(step, progress.total, cfg.train)
                 at_save = (checkpoint.is_checkpoint_step(step, progress.total, cfg.checkpoint)
                            or preemption.signum is not None)
                 if at_log or at_save:

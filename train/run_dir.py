@@ -30,6 +30,7 @@ from train.log import is_log_step, resume_metrics, spans
 log = logging.getLogger(__name__)
 
 _locked: dict[Path, object] = {}  # the run directories this process holds: their lock files
+_damaged: set[Path] = set()  # the damaged JSON files this process has reported
 
 # Keys a resumed run may change: they do not touch what is computed.
 MAY_CHANGE_ON_RESUME = ("wandb.", "compile", "threads", "train.overwrite")
@@ -51,14 +52,15 @@ def read_json(path: Path) -> dict:
             return data
         raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        log.warning("%s is damaged (%s); read as absent, and written again by this run", path, e)
+        if path not in _damaged:  # said once, however often it is read
+            _damaged.add(path)
+            log.warning("%s is damaged (%s); read as absent, and written again by this run",
+                        path, e)
         return {}
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    layout.write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def git_state() -> dict | None:
