@@ -37,6 +37,7 @@ from test_train import (
 )
 
 from analysis.runs import score
+from models import layout
 from train.log import resume_metrics
 from train.loop import run
 
@@ -97,6 +98,7 @@ def test_analysis_skips_unloadable_checkpoints_with_a_warning(finished_run, tmp_
     config = json.loads(header["config"])
     header["config"] = json.dumps({**config, "d_model": 2**20, "d_mlp": 2**22})
     save_file(load_file(good), huge, metadata=header)
+    layout.write_manifest(huge.parent, 2)  # intact files: only building the model fails
     (run / "checkpoints/step_0000001/model.safetensors").write_bytes(b"not a checkpoint")
 
     with caplog.at_level(logging.WARNING, logger="analysis.runs"):
