@@ -45,7 +45,7 @@ def is_checkpoint_step(step: int, total_steps: int, cfg: CheckpointConfig) -> bo
 
 
 def save(checkpoints: Path, step: int, model: torch.nn.Module, meta: dict,
-         state: dict | None, records: list[dict] = ()) -> Path:
+         state: dict | None, records: tuple | list[dict] = ()) -> Path:
     """Write checkpoints/step_XXXXXXX atomically, its manifest last; with `state`, it is a
     resume point. `records`: the metrics.jsonl records since the previous checkpoint."""
     final = checkpoints / layout.step_dir_name(step)
