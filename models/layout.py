@@ -91,8 +91,11 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def sha256(path: Path) -> str:
+    digest = hashlib.sha256()  # in blocks: hashlib.file_digest needs Python 3.11
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class CorruptCheckpoint(ValueError):
