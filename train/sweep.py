@@ -1,0 +1,78 @@
+"""The end of a sweep (`python -m train -m ...`): which of its runs did not complete, and the
+command that finishes them.
+
+`Sweep`, a Hydra callback (conf/config.yaml), notes the sweep directory as the sweep starts;
+`report` then reads each run's summary.json below it. `signals` holds the signals the sweep's
+own process caught (its runs, which get them too, save themselves as `preempted`).
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from models import layout
+from train.checkpoint import Preemption
+from train.run_dir import read_json
+
+sweep_dir: Path | None = None  # set as a sweep starts (in the process that launches its runs)
+signals = Preemption()  # entered by `python -m train -m` while its sweep runs
+not_started: list[Path] = []  # runs of a sequential sweep skipped once it was signalled
+
+
+class Sweep(Callback):
+    def on_multirun_start(self, config, **kwargs) -> None:
+        global sweep_dir
+        sweep_dir = Path(config.hydra.sweep.dir)
+
+
+def start_helpers() -> None:
+    """Start loky's resource tracker (hydra/launcher=parallel) with SIGUSR1 and SIGUSR2
+    ignored, which it inherits: a signal to the sweep's process group would otherwise end it,
+    and loky would fill the console with its errors. (It ignores SIGINT and SIGTERM itself.)"""
+    try:
+        from joblib.externals.loky.backend import resource_tracker
+    except ImportError:  # no parallel launcher
+        return
+    quiet = (signal.SIGUSR1, signal.SIGUSR2)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in quiet}
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def runs_below(root: Path) -> list[tuple[Path, dict]]:
+    """Each run directory below `root` (those holding run.json) and its summary ({}: none)."""
+    return [(info.parent, read_json(info.parent / layout.SUMMARY))
+            for info in sorted(root.rglob(layout.RUN_INFO)) if "wandb" not in info.parts]
+
+
+def report(argv: list[str]) -> int:
+    """Print the runs of the sweep that did not complete and the command that finishes them
+    (`argv`, with the sweep directory); the exit status: 0 when every run completed, or when a
+    signal stopped the sweep."""
+    if sweep_dir is None:  # the sweep never started
+        return 0
+    unfinished = [(path, summary) for path, summary in runs_below(sweep_dir)
+                  if summary.get("status") != "completed"]
+    unfinished += [(path, {"status": "not started"}) for path in not_started]
+    if not unfinished:
+        return 0
+    print(f"{len(unfinished)} run(s) of the sweep in {sweep_dir} did not complete:",
+          file=sys.stderr)
+    for path, summary in unfinished:
+        state = summary.get("status", "interrupted (no summary.json)")
+        if "steps" in summary:
+            state += f" at step {summary['steps']} of {summary['total_steps']}"
+        print(f"  {path}: {state}", file=sys.stderr)
+    if not any(a.startswith("hydra.sweep.dir=") for a in argv):
+        argv = [*argv, f"hydra.sweep.dir={sweep_dir}"]
+    print(f"Run the same command to finish them (completed runs are skipped):\n"
+          f"  python -m train {shlex.join(argv)}", file=sys.stderr)
+    return 0 if signals.signum is not None else 1
