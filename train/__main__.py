@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -27,12 +26,11 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from train import sweep
+from train import launch
 from train.config import register, to_config, unknown_key
 from train.loop import run
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-STARTED = time.time()  # before Hydra makes any directory
 # Refusals and failures a user causes or meets (bad values, files, signals, a full disk, a
 # diverged run, a job the cluster ended): one message; anything else keeps its traceback.
 EXPECTED = (ValueError, OSError, RuntimeError, HydraException)
@@ -46,21 +44,14 @@ def one_gpu_per_job(job_num: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[job_num % len(visible)]
 
 
-def remove_if_made_here(path: Path) -> None:
-    """Remove `path` and the parents Hydra made for it in this process, where they are empty."""
-    while path.is_dir() and not any(path.iterdir()) and path.stat().st_ctime >= STARTED - 1:
-        path.rmdir()
-        path = path.parent
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun and sweep.signals.signum is not None:
-        remove_if_made_here(run_dir)  # the sequential launcher: a signal ends the sweep
-        sweep.not_started.append(run_dir)
+    if multirun and launch.signals.signum is not None:
+        launch.remove_if_new(run_dir, multirun)  # the sequential launcher: a signal ends the sweep
+        launch.not_started.append(run_dir)
         return None
     if multirun:  # a single run has no job number
         one_gpu_per_job(hydra_cfg.job.num)  # before CUDA starts
@@ -70,10 +61,10 @@ def main(cfg: DictConfig) -> float | None:
         value = run(to_config(cfg), run_dir, overrides=list(hydra_cfg.overrides.task),
                     group=group)
     except BaseException:
-        remove_if_made_here(run_dir)
+        launch.remove_if_new(run_dir, multirun)
         raise
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and any(
-            summary.get("status") == "preempted" for _, summary in sweep.runs_below(run_dir)):
+            summary.get("status") == "preempted" for _, summary in launch.runs_below(run_dir)):
         # A SLURM job that saved on a signal ends without a result, as submitit's own requeue
         # does: where SLURM requeues it (scontrol requeue, PreemptMode=REQUEUE) the sweep's
         # client waits for the requeued job; otherwise the client sees the job end unfinished.
@@ -122,8 +113,8 @@ def cli() -> int:
     # A sweep's process outlives a signal (its runs save themselves); a single run's is the
     # loop's to catch.
     if args.multirun and launches:
-        sweep.start_helpers()
-    with sweep.signals if args.multirun else contextlib.nullcontext():
+        launch.start_helpers()
+    with launch.signals if args.multirun else contextlib.nullcontext():
         try:
             if launches:
                 check_keys(args.overrides)
@@ -135,8 +126,8 @@ def cli() -> int:
             print(f"error: {e}\n{cause}".rstrip(), file=sys.stderr)
             status = 1
     if args.multirun and launches:  # a signalled sweep's jobs may end without a result
-        ended = sweep.report(sys.argv[1:])
-        status = ended if sweep.signals.signum is not None else max(status, ended)
+        ended = launch.report(sys.argv[1:])
+        status = ended if launch.signals.signum is not None else max(status, ended)
     return status
 
 

@@ -1,9 +1,11 @@
-"""The end of a sweep (`python -m train -m ...`): which of its runs did not complete, and the
-command that finishes them.
+"""What `python -m train` keeps around Hydra's launch: where the runs go, the signals a sweep
+gets, and the end of a sweep (which of its runs did not complete, and the command that finishes
+them).
 
-`Sweep`, a Hydra callback (conf/config.yaml), notes the sweep directory as the sweep starts;
-`report` then reads each run's summary.json below it. `signals` holds the signals the sweep's
-own process caught (its runs, which get them too, save themselves as `preempted`).
+`Launch`, a Hydra callback (conf/config.yaml), notes as the command starts the directory a
+single run makes (so that a refused run removes it again) or the sweep directory (read at the
+end by `report`, from each run's summary.json). `signals` holds the signals the sweep's own
+process caught (its runs, which get them too, save themselves as `preempted`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,37 @@ from models import layout
 from train.checkpoint import Preemption
 from train.run_dir import read_json
 
+made: Path | None = None  # the outermost directory a single run's command makes, if any
 sweep_dir: Path | None = None  # set as a sweep starts (in the process that launches its runs)
 signals = Preemption()  # entered by `python -m train -m` while its sweep runs
 not_started: list[Path] = []  # runs of a sequential sweep skipped once it was signalled
 
 
-class Sweep(Callback):
+class Launch(Callback):
+    def on_run_start(self, config, **kwargs) -> None:
+        """Before Hydra makes the run directory (the same config: `${now:}` resolves alike)."""
+        global made
+        path = Path(config.hydra.run.dir).absolute()
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        made = missing[-1] if missing else None
+
     def on_multirun_start(self, config, **kwargs) -> None:
         global sweep_dir
         sweep_dir = Path(config.hydra.sweep.dir)
+
+
+def remove_if_new(run_dir: Path, multirun: bool) -> None:
+    """After a refusal: remove the directories this command made for the run (a sweep's: the
+    run's own, where empty), so that a refused command leaves nothing behind."""
+    top = run_dir if multirun else made
+    if top is None:  # the run directory was there before
+        return
+    path = run_dir.absolute()
+    while path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == top:
+            break
+        path = path.parent
 
 
 def start_helpers() -> None:
