@@ -75,27 +75,32 @@ def main(cfg: DictConfig) -> float | None:
 def check_keys(overrides: list[str]) -> None:
     """Refuse an unknown key of the command line (`key=value` or `+key=value`) before Hydra
     composes, naming the nearest valid key: Hydra's own refusal suggests `+key`, which it then
-    accepts and the schema drops. Keys are checked against the config the command's group
-    choices compose (a sweep's first choice)."""
+    accepts and the schema drops. Keys are checked against the config that the command's group
+    choices compose (a sweep's first choice; a glob over a group is left to the runs)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
 
-    groups, keys = [], []
+    groups, swept, keys = [], [], []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key.startswith("hydra") or override.is_delete():
             continue
-        if (CONF / key).is_dir():
-            choice = (next(iter(override.sweep_string_iterator()))
-                      if override.is_sweep_override() else override.value())
-            groups.append(f"{override.get_key_element()}={choice}")
-        else:
+        if not (CONF / key).is_dir():
             keys.append((override.get_key_element(), key))
+        elif override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            return  # its choices need Hydra's config loader
+        elif override.is_sweep_override():
+            swept.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+            groups.append(f"{override.get_key_element()}={swept[-1].partition('=')[2]}")
+        else:
+            groups.append(f"{override.get_key_element()}={override.value()}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         base = compose("config", overrides=groups)
     for typed, key in keys:
         if (why := unknown_key(base, key)) is not None:
-            raise ValueError(why if typed == key else f"{typed[:-len(key)]}{why}")
+            where = f" (with the sweep's first {', '.join(swept)})" if swept else ""
+            raise ValueError(f"{typed[:-len(key)]}{why}{where}")
 
 
 def cli() -> int:
