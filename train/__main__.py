@@ -15,7 +15,6 @@ signalled: a signal saves every run (`preempted`) and the sweep ends in order.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -114,26 +113,22 @@ def cli() -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     launches = not (args.help or args.hydra_help or args.cfg or args.info
                     or args.shell_completion)
+    launch.reset()
     status = 0
-    # A sweep's process outlives a signal (its runs save themselves); a single run's is the
-    # loop's to catch.
-    if args.multirun and launches:
-        launch.start_helpers()
-    with launch.signals if args.multirun else contextlib.nullcontext():
-        try:
-            if launches:
-                check_keys(args.overrides)
-            main()
-        except EXPECTED as e:
-            if full_error:
-                raise
-            cause = e.__cause__ if isinstance(e, HydraException) and e.__cause__ else ""
-            print(f"error: {e}\n{cause}".rstrip(), file=sys.stderr)
-            status = 1
-    if args.multirun and launches:  # a signalled sweep's jobs may end without a result
-        ended = launch.report(sys.argv[1:])
-        status = ended if launch.signals.signum is not None else max(status, ended)
-    return status
+    try:
+        if launches:
+            check_keys(args.overrides)
+        main()
+    except EXPECTED as e:
+        if full_error:
+            raise
+        cause = e.__cause__ if isinstance(e, HydraException) and e.__cause__ else ""
+        print(f"error: {e}\n{cause}".rstrip(), file=sys.stderr)
+        status = 1
+    finally:
+        launch.signals.__exit__()
+    ended = launch.report(sys.argv[1:])  # a sweep's; a signalled one's jobs may end unfinished
+    return ended if launch.signals.signum is not None else max(status, ended)
 
 
 if __name__ == "__main__":

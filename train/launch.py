@@ -21,10 +21,17 @@ from models import layout
 from train.checkpoint import Preemption
 from train.run_dir import read_json
 
+# The command's state (`reset` as it starts; one command per process but in tests).
 made: Path | None = None  # the outermost directory a single run's command makes, if any
 sweep_dir: Path | None = None  # set as a sweep starts (in the process that launches its runs)
-signals = Preemption()  # entered by `python -m train -m` while its sweep runs
+signals = Preemption()  # the signals the sweep's process caught (entered as the sweep starts)
 not_started: list[Path] = []  # runs of a sequential sweep skipped once it was signalled
+
+
+def reset() -> None:
+    global made, sweep_dir, signals
+    made, sweep_dir, signals = None, None, Preemption()
+    not_started.clear()
 
 
 class Launch(Callback):
@@ -36,8 +43,12 @@ class Launch(Callback):
         made = missing[-1] if missing else None
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        """A sweep's process outlives SIGTERM, SIGUSR1 and SIGUSR2 (its runs, which get them
+        too, save themselves, and `report` lists them); a single run's are the loop's."""
         global sweep_dir
         sweep_dir = Path(config.hydra.sweep.dir)
+        start_helpers()
+        signals.__enter__()
 
 
 def remove_if_new(run_dir: Path, multirun: bool) -> None:
