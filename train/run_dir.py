@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from models import layout
 from train import checkpoint
@@ -81,7 +81,7 @@ def config_changes(old: dict, new: dict) -> list[str]:
     ]
 
 
-def write_hydra_files(path: Path, cfg: Config | DictConfig, overrides: list[str]) -> None:
+def write_hydra_files(path: Path, cfg: Config, overrides: list[str]) -> None:
     """`.hydra/config.yaml` and `overrides.yaml` (what Hydra would write before the run starts,
     written here once the run is accepted: conf/config.yaml sets hydra.output_subdir=null)."""
     (path / layout.HYDRA_CONFIG).parent.mkdir(parents=True, exist_ok=True)
