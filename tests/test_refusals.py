@@ -190,20 +190,25 @@ def sweep(out, *args: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher, signum", [("parallel", signal.SIGUSR2),
-                                              ("local", signal.SIGTERM)])
+                                              ("local", signal.SIGTERM),
+                                              ("basic", signal.SIGTERM)])
 def test_a_signalled_sweep_saves_every_run_and_ends_in_order(tmp_path, launcher, signum):
     """The sweep's process group gets the signal (as from SLURM or a terminal): every run
-    saves, and the sweep command ends 0 listing them with the command that resumes them."""
+    saves, and the sweep command ends 0 listing them with the command that resumes them. The
+    sequential launcher (one run after another in the sweep's process) starts no more runs."""
     proc = sweep(tmp_path, f"hydra/launcher={launcher}", *LONG)
-    for job in (0, 1):
+    running = (0,) if launcher == "basic" else (0, 1)
+    for job in running:
         wait_for(tmp_path / f"{job}/checkpoints/step_0000002")
     os.killpg(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    for job in (0, 1):
+    for job in running:
         summary = read(tmp_path / f"{job}/summary.json")
         assert summary["status"] == "preempted"
         assert f"{tmp_path / str(job)}: preempted at step {summary['steps']} of 100000" in stderr
+    if launcher == "basic":
+        assert f"{tmp_path / '1'}: not started" in stderr and not (tmp_path / "1").exists()
     assert f"seed=0,1 hydra.sweep.dir={tmp_path} hydra/launcher={launcher}" in stderr
     assert "Traceback" not in stderr
 
