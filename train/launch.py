@@ -47,14 +47,15 @@ class Launch(Callback):
         too, save themselves, and `report` lists them); a single run's are the loop's."""
         global sweep_dir
         sweep_dir = Path(config.hydra.sweep.dir)
-        start_helpers()
+        if "joblib" in config.hydra.launcher._target_:
+            start_loky_tracker()
         signals.__enter__()
 
 
 def remove_if_new(run_dir: Path, multirun: bool) -> None:
     """After a refusal: remove the directories this command made for the run (a sweep's: the
     run's own, where empty), so that a refused command leaves nothing behind."""
-    top = run_dir if multirun else made
+    top = run_dir.absolute() if multirun else made
     if top is None:  # the run directory was there before
         return
     path = run_dir.absolute()
@@ -65,14 +66,12 @@ def remove_if_new(run_dir: Path, multirun: bool) -> None:
         path = path.parent
 
 
-def start_helpers() -> None:
+def start_loky_tracker() -> None:
     """Start loky's resource tracker (hydra/launcher=parallel) with SIGUSR1 and SIGUSR2
     ignored, which it inherits: a signal to the sweep's process group would otherwise end it,
     and loky would fill the console with its errors. (It ignores SIGINT and SIGTERM itself.)"""
-    try:
-        from joblib.externals.loky.backend import resource_tracker
-    except ImportError:  # no parallel launcher
-        return
+    from joblib.externals.loky.backend import resource_tracker
+
     quiet = (signal.SIGUSR1, signal.SIGUSR2)
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in quiet}
     try:
