@@ -88,13 +88,13 @@ def runs_below(root: Path) -> list[tuple[Path, dict]]:
 
 
 def report(argv: list[str]) -> int:
-    """Print the runs of the sweep that did not complete and the command that finishes them
-    (`argv`, with the sweep directory); the exit status: 0 when every run completed, or when a
-    signal stopped the sweep."""
+    """Print the runs of the sweep that did not end (completed, or diverged: an ensemble's
+    member that did is a result) and the command that finishes them (`argv`, with the sweep
+    directory); the exit status: 0 when every run ended, or when a signal stopped the sweep."""
     if sweep_dir is None:  # the sweep never started
         return 0
     unfinished = [(path, summary) for path, summary in runs_below(sweep_dir)
-                  if summary.get("status") != "completed"]
+                  if summary.get("status") != "completed" and not summary.get("diverged")]
     unfinished += [(path, {"status": "not started"}) for path in not_started]
     if not unfinished:
         return 0
