@@ -88,8 +88,6 @@ def test_a_bad_config_with_overwrite_is_refused_before_anything_is_deleted(
 def test_analysis_skips_unloadable_checkpoints_with_a_warning(finished_run, tmp_path, caplog):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    (run / ".hydra").mkdir()
-    (run / ".hydra/config.yaml").write_text(OmegaConf.to_yaml(read(run / "run.json")["config"]))
     # A config asking for a model far too large to allocate, and a file that is not safetensors.
     good = run / "checkpoints/step_0000004/model.safetensors"
     huge = run / "checkpoints/step_0000002/model.safetensors"
@@ -307,7 +305,7 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("ended", ["killed", "completed"])
 def test_a_refused_rerun_leaves_the_recorded_config(tmp_path, ended):
-    """Hydra rewrites .hydra/ before the run starts; the refusal puts back the run's."""
+    """.hydra/ is written once a run is accepted, so a refused re-run leaves the run's."""
     args = [*TINY, "train.steps=4", f"hydra.run.dir={tmp_path}"]
     assert cli(*args).returncode == 0
     if ended == "killed":

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from test_faults import KEEP_ALL, crashed_copy, snapshot, train_finished
 from test_train import ROOT, TINY, assert_same_weights, cli, read, records, train, weights
 
@@ -262,11 +263,9 @@ def test_a_full_disk_says_no_space_left_naming_the_checkpoint_and_a_resume_is_ex
 
 @pytest.fixture
 def analysed(finished_run, tmp_path):
-    """A copy of the finished run with `.hydra/` (as Hydra writes it), for analysis."""
+    """A copy of the finished run (with the `.hydra/` the run writes), for analysis."""
     path = tmp_path / "run"
     shutil.copytree(finished_run, path)
-    (path / ".hydra").mkdir()
-    (path / ".hydra/config.yaml").write_text(json.dumps(read(path / "run.json")["config"]))
     return path
 
 
@@ -383,9 +382,9 @@ def record_twice(run: Path) -> str:
 
 def relabel(run: Path) -> str:
     hydra = run / ".hydra/config.yaml"
-    config = json.loads(hydra.read_text())
+    config = yaml.safe_load(hydra.read_text())
     config["optim"]["lr"] = -1
-    hydra.write_text(json.dumps(config))
+    hydra.write_text(yaml.safe_dump(config))
     return ".hydra/config.yaml differs from run.json's config in optim.lr=-1"
 
 

@@ -1,6 +1,7 @@
 """Sweeps through `hydra/launcher=slurm` on a real SLURM cluster: every point runs as a job and
-fills its run directory, and a job that reaches its time limit is checkpointed, requeued by
-submitit and resumed, ending with the losses of an uninterrupted run.
+fills its run directory; a job that reaches its time limit is checkpointed, requeued by
+submitit and resumed, ending with the losses of an uninterrupted run; a job that SLURM itself
+requeues (`scontrol requeue`) is waited for, and the sweep ends only once its run is complete.
 
 Needs `sbatch` and a controller that answers (`bash .ci/slurm.sh` starts a one-node cluster;
 .ci/run does so before the tests); skipped otherwise, unless PHASELAB_REQUIRE_SLURM=1 (set by
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import TINY, assert_same_weights, read, records, train, weights
+from test_train import TINY, assert_same_weights, read, records, train, wait_for, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,3 +104,26 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(tmp_path):
     assert read(run / "summary.json")["status"] == "completed"
     assert records(run) == records(reference)
     assert_same_weights(weights(run, 2000), weights(reference, 2000))
+
+
+def test_a_job_requeued_by_slurm_is_waited_for_and_resumes_exactly(tmp_path):
+    """`scontrol requeue` mid-training (SIGTERM, then SLURM puts the job back in the queue, as
+    a partition with PreemptMode=REQUEUE does): the job saves and ends without a result, so the
+    sweep command keeps waiting for the requeued job, which resumes; it exits 0 only once the
+    run is complete."""
+    steps = ["train.steps=600", "train.log_every=50", "train.eval_every=200"]
+    reference, out = tmp_path / "reference", tmp_path / "sweep"
+    train(reference, *steps)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "-m", *TINY, *ON_CPU_NODES, f"hydra.sweep.dir={out}",
+         *steps], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = out / "0"
+    wait_for(run / "checkpoints/step_0000004", timeout=240)
+    (job,) = [p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert read(run / "summary.json")["status"] == "completed"  # as the command ended
+    resumed = read(run / "run.json")["resumed"]
+    assert len(resumed) == 1 and 4 <= resumed[0]["step"] < 600
+    assert records(run) == records(reference)

@@ -10,12 +10,14 @@ relate values (a positive batch size, a known schedule) are checked in `__post_i
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from analysis import scoring
 from models import GPT, GPTConfig
@@ -174,6 +176,57 @@ def check_buildable(cfg: Config, model: GPTConfig) -> None:
         torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     except ValueError as e:
         raise ValueError(f"optim: {e}") from None
+
+
+def schema_fields(node: Any) -> list[str] | None:
+    """The fields of the dataclass a config node is typed with (None: a value or untyped node)."""
+    kind = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    return [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
+
+
+def schema_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key (`optim.lr`) of the composed `cfg` that its schema declares."""
+    keys = []
+    for name in schema_fields(cfg) or []:
+        keys.append(prefix + name)
+        keys += schema_keys(cfg._get_node(name), f"{prefix}{name}.")
+    return keys
+
+
+def leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of `cfg` that holds a value, declared or not."""
+    keys = []
+    for name in cfg:
+        node = cfg._get_node(name)
+        keys += (leaf_keys(node, f"{prefix}{name}.") if isinstance(node, DictConfig)
+                 else [f"{prefix}{name}"])
+    return keys
+
+
+def unknown_key(cfg: DictConfig, key: str) -> str | None:
+    """Why the dotted `key` is not in `cfg`'s schema, naming the nearest valid key (None: it
+    is). Hydra refuses an unknown `key=value`, but `+key=value` adds it, and
+    `OmegaConf.to_object` then drops it without a word."""
+    node: Any = cfg
+    for part in key.split("."):
+        fields = schema_fields(node)
+        if fields is None or part not in fields:
+            near = difflib.get_close_matches(key, schema_keys(cfg), n=1, cutoff=0.6)
+            hint = (f"did you mean {near[0]}?" if near else
+                    f"the keys there are {', '.join(fields)}" if fields else "it holds a value")
+            return (f"{key}: no such key ({hint}); `python -m train --cfg job` prints every key "
+                    f"with its value")
+        node = node._get_node(part)
+    return None
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed config as typed dataclasses: refuses a key the schema does not declare, then
+    runs every `__post_init__` check (`OmegaConf.to_object`)."""
+    for key in leaf_keys(cfg):
+        if (why := unknown_key(cfg, key)) is not None:
+            raise ValueError(why)
+    return OmegaConf.to_object(cfg)
 
 
 def register() -> None:

@@ -23,10 +23,11 @@ import torch
 from torch import Tensor
 
 import tasks
-from models import GPTConfig
+from models import GPTConfig, layout
 from train import checkpoint, ensemble
 from train.config import Config, check_buildable
 from train.log import is_eval_step, is_log_step
+from train.run_dir import read_json, write_hydra_files
 from train.state import (
     Diverged,
     Progress,
@@ -146,7 +147,12 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         specs, group = ensemble.member_specs(cfg, run_dir, overrides), group or run_dir.name
     else:
         specs = [(cfg, run_dir, overrides)]
-    runs, progress = open_runs(specs, model_cfg, device, group, hydra_files=members)
+    if (opened := open_runs(specs, model_cfg, device, group)) is None:  # ran before: done
+        summaries = [read_json(path / layout.SUMMARY) for _, path, _ in specs]
+        return final_loss([s["metrics"] for s in summaries if s["status"] == "completed"])
+    runs, progress = opened
+    if members:  # the ensemble's command, beside its members' own
+        write_hydra_files(run_dir, cfg, overrides)
     autocast = precision(cfg, device)
     update = (ensemble.BatchedUpdate if members else PlainUpdate)(runs, task, cfg, autocast)
     book = functools.partial(checkpoint_runs, runs, update, progress, task, cfg, autocast)
@@ -189,6 +195,11 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         raise Diverged("; ".join(r.error for r in runs if r.error))
     if status == "preempted":
         preemption.hand_over()  # under submitit: requeue this job
-    finals = [r.last["eval/loss"] for r in runs
-              if r.error is None and r.last.get("step") == progress.total and "eval/loss" in r.last]
-    return sum(finals) / len(finals) if status == "completed" and finals else None
+    completed = [r.last for r in runs if r.error is None and r.last.get("step") == progress.total]
+    return final_loss(completed) if status == "completed" else None
+
+
+def final_loss(metrics: list[dict]) -> float | None:
+    """The mean final eval/loss of the completed runs whose `metrics` hold one."""
+    finals = [m["eval/loss"] for m in metrics if "eval/loss" in m]
+    return sum(finals) / len(finals) if finals else None

@@ -2,8 +2,9 @@
 
 Re-running a command in the same directory resumes from the newest checkpoint holding
 state.pt, provided the config is the same (only `wandb.*`, `compile`, `threads` and
-`train.overwrite` may change); a directory holding a completed run is refused unless
-`train.overwrite=true`, which starts it over.
+`train.overwrite` may change); a directory holding a completed run of the same config is left
+as it is (the command is done), one of another config is refused; `train.overwrite=true` starts
+either over. A refusal writes nothing: `.hydra/` and the lock's holder are written by `begin`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from models import layout
 from train import checkpoint
@@ -94,42 +95,52 @@ def config_changes(old: dict, new: dict) -> list[str]:
     ]
 
 
-def write_hydra_files(path: Path, cfg: Config | DictConfig, overrides: list[str]) -> None:
-    """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them for a run it launches."""
+def write_hydra_files(path: Path, cfg: Config, overrides: list[str]) -> None:
+    """`.hydra/config.yaml` and `overrides.yaml` (what Hydra would write before the run starts,
+    written here once the run is accepted: conf/config.yaml sets hydra.output_subdir=null)."""
     (path / layout.HYDRA_CONFIG).parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.structured(cfg), path / layout.HYDRA_CONFIG)
     OmegaConf.save(OmegaConf.create(overrides), path / layout.HYDRA_OVERRIDES)
 
 
 class RunDir:
-    def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None,
-                 hydra_files: bool = False):
-        """`hydra_files`: `begin` writes `.hydra/` (for a run Hydra did not launch)."""
+    def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None):
         self.path, self.checkpoints = path, path / layout.CHECKPOINTS
         self.cfg, self.overrides, self.group = cfg, overrides, group
-        self.hydra_files = hydra_files
+        self.completed = False  # a completed run of this config, left as it is
         self.info: dict = {}
         self.states: dict[int, dict] = {}  # the newest loadable state.pt, read by `open`
         self.last_record: dict = {}  # the newest record in metrics.jsonl when training starts
 
     def open(self) -> list[int]:
         """Check the directory (wiping it for train.overwrite=true); return the steps it can
-        resume from (ascending). Writes nothing else: `begin` does, once the model has loaded."""
+        resume from (ascending), none for a completed run. Writes nothing else: `begin` does,
+        once the model has loaded."""
+        if not self.cfg.train.overwrite and self.finished():
+            return []
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
-        try:
-            return self.check()
-        except Exception:
-            self.restore_hydra_files()
-            raise
+        return self.check()
 
-    def restore_hydra_files(self) -> None:
-        """Hydra writes `.hydra/` for the new command before the run starts; a refused run puts
-        back the recorded run's, so the directory still describes what it holds."""
+    def finished(self) -> bool:
+        """Whether the directory holds a completed run of this config: running its command
+        again leaves it as it is. A completed run of another config is refused."""
+        summary = read_json(self.path / layout.SUMMARY)
+        if summary.get("status") != "completed":
+            return False
         previous = read_json(self.path / layout.RUN_INFO)
-        if previous and not self.hydra_files and (self.path / layout.HYDRA_CONFIG).exists():
-            write_hydra_files(self.path, OmegaConf.create(previous["config"]),
-                              previous["overrides"])
+        changes = (config_changes(previous["config"], dataclasses.asdict(self.cfg)) if previous
+                   else ["run.json is missing"])
+        if changes:
+            raise FileExistsError(
+                f"{self.path} holds a completed run of another config ({'; '.join(changes)}); "
+                f"pass train.overwrite=true to train it again from scratch with this one, or "
+                f"choose another directory (hydra.run.dir=...)")
+        print(f"{self.path}: completed, skipped (train.overwrite=true trains it again)",
+              flush=True)
+        self.completed = True
+        self.last_record = {"step": summary["steps"], **summary["metrics"]}
+        return True
 
     def check(self) -> list[int]:
         if self.cfg.train.overwrite:
@@ -137,10 +148,6 @@ class RunDir:
                 shutil.rmtree(self.path / name, ignore_errors=True)
             for name in (layout.METRICS, layout.SUMMARY, layout.RUN_INFO):
                 (self.path / name).unlink(missing_ok=True)
-        elif read_json(self.path / layout.SUMMARY).get("status") == "completed":
-            raise FileExistsError(
-                f"{self.path} holds a completed run (summary.json); pass train.overwrite=true to "
-                f"train it again from scratch, or choose another directory (hydra.run.dir=...)")
         resumable = self.loadable(checkpoint.resumable_steps(self.checkpoints))
         previous = read_json(self.path / layout.RUN_INFO)
         if resumable and previous:
@@ -154,7 +161,8 @@ class RunDir:
 
     def lock(self) -> None:
         """Hold the directory for this process (released by `unlock` or when it exits): two
-        processes training in one directory would interleave their records and checkpoints."""
+        processes training in one directory would interleave their records and checkpoints.
+        `begin` writes the holder into the file, so that a refused run leaves it as it was."""
         key = self.path.resolve()
         if key in _locked:
             return
@@ -167,9 +175,6 @@ class RunDir:
             f.close()
             raise RuntimeError(f"{self.path} is in use by {holder}; wait for it to end, or "
                                f"choose another directory") from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        f.flush()
         _locked[key] = f
 
     def unlock(self) -> None:
@@ -220,10 +225,13 @@ class RunDir:
         return self.states.pop(step)
 
     def begin(self, resume: Path | None) -> None:
-        """Write run.json (and `.hydra/` where asked), drop the metrics recorded after the
+        """Write the lock's holder, `.hydra/` and run.json, drop the metrics recorded after the
         resumed checkpoint and the summary of the attempt before: the run is live again."""
-        if self.hydra_files:
-            write_hydra_files(self.path, self.cfg, self.overrides)
+        lock = _locked[self.path.resolve()]
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        lock.flush()
+        write_hydra_files(self.path, self.cfg, self.overrides)
         if self.info:
             self.info["resumed"].append({"at": now(), "step": layout.step_of(resume),
                                          "git": git_state(), "host": socket.gethostname(),

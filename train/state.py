@@ -236,32 +236,36 @@ def seed_everything(seed: int) -> None:
 
 def common_resume_step(dirs: list[RunDir], held: list[list[int]]) -> tuple[int | None, list]:
     """The step to resume every run from (None: a fresh start) and which runs stay stopped:
-    those whose summary says they diverged while another run got further."""
-    newest = [max(h, default=-1) for h in held]
-    stopped = [read_json(d.path / layout.SUMMARY).get("diverged", False) and n < max(newest)
-               for d, n in zip(dirs, newest, strict=True)]
+    those completed, and those whose summary says they diverged while another run got further."""
+    newest = [d.last_record["step"] if d.completed else max(h, default=-1)
+              for d, h in zip(dirs, held, strict=True)]
+    diverged = [not d.completed and read_json(d.path / layout.SUMMARY).get("diverged", False)
+                and n < max(newest) for d, n in zip(dirs, newest, strict=True)]
+    stopped = [d.completed or stop for d, stop in zip(dirs, diverged, strict=True)]
     live = [set(h) for h, stop in zip(held, stopped, strict=True) if not stop]
-    common = set.intersection(*live)
+    common = set.intersection(*live) if live else set()
     if any(live) and not common:
         raise ValueError(
             f"{dirs[0].path.parent}: the runs hold no checkpoint with state.pt at a step they all "
             f"reached (steps with state: {[sorted(h) for h in held]}); pass "
             f"train.overwrite=true to start over")
-    for d, stop, n in zip(dirs, stopped, newest, strict=True):
+    for d, stop, n in zip(dirs, diverged, newest, strict=True):
         if stop:
             log.warning("%s diverged after step %d (its summary.json); it stays stopped", d.path, n)
     return max(common, default=None), stopped
 
 
 def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
-              device: torch.device, group: str | None,
-              hydra_files: bool) -> tuple[list[RunState], Progress]:
+              device: torch.device, group: str | None) -> tuple[list[RunState], Progress] | None:
     """Open the runs `specs` lists (config, directory, overrides): every directory is checked
     before any is written to; each run is then initialized as its own plain run would be, or
-    resumed from the common step. `hydra_files`: write each run's `.hydra/` (an ensemble's
-    members; Hydra writes a plain run's)."""
-    dirs = [RunDir(path, cfg, overrides, group, hydra_files) for cfg, path, overrides in specs]
+    resumed from the common step. None when no run has anything left to do."""
+    dirs = [RunDir(path, cfg, overrides, group) for cfg, path, overrides in specs]
     resume_step, stopped = common_resume_step(dirs, [d.open() for d in dirs])
+    if all(stopped):  # completed before (an ensemble: or diverged while the others completed)
+        for d in dirs:
+            d.unlock()
+        return None
     progress = Progress(total=specs[0][0].train.steps)
     runs = []
     for run_dir, stop in zip(dirs, stopped, strict=True):
