@@ -51,7 +51,9 @@ def test_llc_of_a_regular_model_at_its_minimum_is_half_its_parameter_count(seed)
     before = [p.clone() for p in model.parameters()]
     found = llc.estimate(model, rows, loss, REGULAR)
     assert found.healthy, found.reasons
-    assert found.llc == pytest.approx(9 / 2, abs=0.8)  # seeds 0-3 gave 4.5-4.9 (chains 0.2-0.9)
+    # Seeds 0-4 gave 4.83-4.90 (chains spread 0.42-0.46): d / 2 times the step's discretization
+    # bias, 1 / (1 - lr n_beta h / 4) ~ 1.08 with the Hessian h ~ 1 of standard normal inputs.
+    assert found.llc == pytest.approx(9 / 2, abs=0.6)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 

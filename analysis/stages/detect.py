@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.emergence import TABLE_COLUMNS
-from analysis.summary import COLUMNS, _over_seeds, describe, series_labels
+from analysis.summary import COLUMNS, describe, log_t_interval, series_labels, t_interval
 
 METRIC = "llc"
 REVERSAL = 0.1
@@ -94,7 +94,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Summary rows (analysis.summary's columns, axis "step", metric "llc") of the stage
     boundaries per series, over seeds: `boundary_k` the step of the k-th turning point, `kind_k`
     1 for a peak and 0 for a trough (the share of seeds with a peak), `boundaries` how many,
-    `healthy` the share of healthy estimates."""
+    `healthy` the share of healthy estimates. Boundary steps are averaged on a log scale."""
     found = curves(df)
     rows = []
     for coords, seeds in _series(df):
@@ -112,9 +112,21 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                                       for g in got]
         points = max(int(found[seeds[s]][METRIC].notna().sum()) for s in per_seed)
         rows += [{**coords, "axis": "step", "metric": METRIC, "statistic": name,
-                  **_over_seeds(values), "n_points": points} for name, values in stats.items()]
+                  **_over_seeds(values, name.startswith("boundary_")), "n_points": points}
+                 for name, values in stats.items()]
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [c for row in rows for c in row if c not in COLUMNS]), *COLUMNS])
+
+
+def _over_seeds(per_seed: list[tuple[float, str]], log: bool) -> dict:
+    """One summary row's value, interval and note from each seed's (value, why none); on a log
+    scale (geometric mean, analysis.summary.log_t_interval) for steps on the log-step axis."""
+    interval = (log_t_interval if log else t_interval)([value for value, _ in per_seed])
+    missing = [why for value, why in per_seed if np.isnan(value)]
+    note = "" if not missing else missing[0] if not interval["n"] else (
+        f"none in {len(missing)} of {len(per_seed)} seeds ({missing[0]})")
+    return {"value": interval["mean"], "low": interval["low"], "high": interval["high"],
+            "n_seeds": interval["n"], "note": note}
 
 
 def _events(table: pd.DataFrame) -> pd.DataFrame:
@@ -141,6 +153,7 @@ def _same_series(table: pd.DataFrame, row) -> pd.Series:
 def findings(table: pd.DataFrame) -> list[str]:
     """One sentence per series with LLC estimates: its stage boundaries over seeds, and the
     events of the same series beside them."""
+    table = table.reset_index(drop=True)
     own, lines = _own(table), []
     if own.empty:
         return lines
@@ -174,6 +187,7 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
     series = [(c, s) for c, s in _series(df) if any(r in found for r in s.values())]
     if not series:
         return None
+    table = table.reset_index(drop=True)
     fig = Figure(figsize=(6.4, 3.2 * len(series)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(series), 1, squeeze=False)[:, 0])
     labels = series_labels(table) if len(table) else pd.Series(dtype=str)
@@ -203,9 +217,11 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
             ax.text(event["value"], 0.98, event["event"], rotation=90, va="top", ha="right",
                     fontsize="x-small", color="0.3", transform=ax.get_xaxis_transform())
         positive = [s for s in steps if s > 0]
-        if positive:
-            ax.set_xscale("symlog", linthresh=min(positive)) if min(steps) <= 0 else \
-                ax.set_xscale("log")
+        if positive and min(steps) <= 0:  # step 0 on a log axis: linear up to the first step
+            ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xlim(left=0, right=max(steps) * 1.1)
+        elif positive:
+            ax.set_xscale("log")
         ax.set(xlabel="step", ylabel="LLC", title=key or "LLC during training")
         ax.legend(fontsize="x-small", loc="lower right")
     return fig
