@@ -4,6 +4,7 @@ of the shared grokking and induction runs and check the shapes measured on them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -11,10 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from experiment_runs import analyse, by_coordinate, evals
 from torch import nn
 
 from analysis import scoring
-from analysis.stages import detect, llc
+from analysis.__main__ import main as analysis_main
+from analysis.runs import find_runs
+from analysis.stages import detect, llc, sweep
+from analysis.summary import estimate
 from models import GPT, GPTConfig
 
 if "llc" in os.environ.get("PHASELAB_EXTRAS", ""):
@@ -145,3 +150,83 @@ def test_an_unhealthy_estimate_is_left_out_of_the_curve_and_said():
     (ax,) = fig.axes
     drawn = np.concatenate([line.get_ydata() for line in ax.lines if len(line.get_ydata()) > 2])
     assert not np.isnan(drawn).any() and len(drawn) == 6  # six healthy points, none for 200
+
+
+# --- the shapes measured on the shared runs (slow) ---------------------------------------------
+
+
+# Grokking (weight decay 1, 40% of the pairs, seed 0; calibrated to step size 3e-4, n_beta 30,
+# localization 300): LLC 1.7 at step 0, 25 at 32, 102 at memorization (64), then 81 / 64 / 46 /
+# 16 at steps 128 / 250 / 500 / 1,000 while test accuracy goes 0.25 / 0.32 / 0.41 / 0.98, and
+# 21 at 2,000; every estimate healthy. SEEDS_NOTE
+HEALTHY, RISE, FALL = 0.9, 10.0, 0.5
+
+
+@pytest.mark.slow
+def test_grokking_llc_rises_to_memorization_and_falls_as_test_accuracy_climbs(grokking_runs,
+                                                                              tmp_path):
+    run = by_coordinate(grokking_runs, "weight_decay")[1.0]
+    scores = sweep.score_llc([run], tmp_path, workers=2)
+    curve = detect.curves(scores)[run.name].set_index("step")
+    record = json.loads((tmp_path / "llc" / f"{run.name}.json").read_text())
+    assert record["flat"] and len(record["grid"]) >= 2
+    evaluations = evals(run).set_index("step")
+    memorized = evaluations.index[evaluations["train_eval/exact_match"] >= 0.99][0]
+    generalized = evaluations.index[evaluations["eval/exact_match"] >= 0.95][0]
+    llc_ = curve["llc"]
+    assert curve["healthy"].mean() >= HEALTHY
+    peak_step = llc_.idxmax()
+    assert 0 < peak_step <= (memorized + generalized) / 2
+    assert llc_.max() > RISE * llc_.loc[0]
+    after = llc_.loc[generalized:].dropna()
+    assert after.max() < FALL * llc_.max()
+    assert ("peak" in [kind for _, kind in detect.boundaries(curve.reset_index())])
+
+
+@pytest.mark.slow
+def test_induction_llc_has_a_stage_boundary_in_the_phase_change_window_and_not_in_one_layer(
+        induction_dir, tmp_path):
+    runs = by_coordinate(find_runs(induction_dir), "n_layers")
+    _, table = analyse(induction_dir)
+    start, end = (estimate(table, "induction_loss", f"phase_change_{side}", axis="step",
+                           n_layers=2).value for side in ("start", "end"))
+    scores = sweep.score_llc([runs[2], runs[1]], tmp_path, workers=2)
+    curves = detect.curves(scores)
+    two = detect.boundaries(curves[runs[2].name])
+    assert any(start - WINDOW_SLACK <= step <= end + WINDOW_SLACK for step, _ in two), two
+    assert detect.boundaries(curves[runs[1].name]) == []
+    # The refined LLC of the induction heads (layer 1: prefix matching 0.78-0.81 in every
+    # head) moves more across the window than that of layer 0's heads.
+    settings = llc.Settings(**json.loads((tmp_path / "llc" / f"{runs[2].name}.json")
+                                         .read_text())["settings"])
+    heads = [f"L{layer}H{head}" for layer in (0, 1) for head in range(4)]
+    before, after = (llc.measure(runs[2].load_model(int(step)), runs[2].task(), settings, heads)
+                     for step in (start, end))
+    moved = {h: abs(after[f"llc_{h}"] - before[f"llc_{h}"]) for h in heads}
+    induction = np.mean([v for h, v in moved.items() if h.startswith("L1")])
+    other = np.mean([v for h, v in moved.items() if h.startswith("L0")])
+    assert induction > other, moved
+
+
+@pytest.mark.slow
+def test_analysis_with_llc_writes_estimates_calibration_boundaries_and_a_report_section(
+        demo_dir, tmp_path):
+    out = tmp_path / "analysis"
+    assert analysis_main([str(demo_dir), "--llc", "--llc-workers", "2", "--out", str(out)]) == 0
+    scores = pd.read_csv(out / "scores.csv", dtype={"run": str})
+    estimates = scores[scores["metric"] == "llc/estimate"]
+    assert sorted(estimates["step"]) == [0, 10, 20]  # every checkpoint: fewer than the default
+    assert (scores[scores["metric"] == "llc/healthy"]["value"].isin([0, 1])).all()
+    (record,) = (out / "llc").glob("*.json")
+    found = json.loads(record.read_text())
+    assert set(found["settings"]) >= {"lr", "n_beta", "localization"} and found["grid"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary[summary["metric"] == "llc"]["statistic"] == "boundaries").any()
+    report = (out / "report.md").read_text()
+    assert "## Developmental stages" in report and "figures/llc_stages.png" in report
+    assert (out / "figures" / "llc_stages.png").exists()
+    # A second call samples nothing again and keeps the run's settings.
+    assert analysis_main([str(demo_dir), "--llc", "--out", str(out)]) == 0
+    again = pd.read_csv(out / "scores.csv", dtype={"run": str})
+    assert (again["metric"] == "llc/estimate").sum() == 3
+    assert json.loads(record.read_text()) == found

@@ -219,13 +219,12 @@ def scores(name: str, result: Estimate) -> dict[str, float]:
             f"{name}/drift": result.drift, f"{name}/spike": result.spike}
 
 
-def measure(model, task, settings: Settings, refine: bool = False,
-            device: str = "cpu") -> dict[str, float]:
-    """The scores of the LLC of `model` on `task`'s training loss; with `refine`, also of every
-    part's refined LLC."""
+def measure(model, task, settings: Settings, refine=(), device: str = "cpu") -> dict[str, float]:
+    """The scores of the LLC of `model` on `task`'s training loss, and of the refined LLC of
+    each part in `refine` (see `parts`)."""
     rows, loss = training_rows(task, settings.samples, settings.seed), task_loss(task.loss_start)
     found = scores("llc", estimate(model, rows, loss, settings, device=device))
-    for part in parts(model) if refine else ():
+    for part in refine:
         found |= scores(f"llc_{part}", estimate(model, rows, loss, settings, masks(model, part),
                                                 device))
     return found

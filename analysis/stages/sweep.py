@@ -50,7 +50,8 @@ def _calibrate(run: Run, step: int, device: str) -> dict:
 def _measure(run: Run, step: int, settings: dict, refine: bool, device: str) -> pd.DataFrame:
     torch.set_num_threads(1)
     model, meta = run.load_checkpoint(step, device)
-    found = llc.measure(model, run.task(device), llc.Settings(**settings), refine, device)
+    parts = llc.parts(model) if refine else ()
+    found = llc.measure(model, run.task(device), llc.Settings(**settings), parts, device)
     return _rows(run, step, model, meta, found)
 
 
