@@ -4,7 +4,8 @@ recorded in `<out>/llc/<run>.json` and held fixed for all its checkpoints, on la
 
 Sampling is embarrassingly parallel: calibrations, then checkpoints, are spread over `workers`
 local processes (one thread each). Incremental like scoring: a (run, step) that already has
-`llc/estimate` in scores.csv is not sampled again.
+`llc/estimate` in scores.csv is not sampled again (refined LLCs included: to add them to
+checkpoints sampled without, sample into another output directory).
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ CHECKPOINTS = 12  # checkpoints sampled per run by default, evenly spaced in log
 
 
 def pick_steps(steps: list[int], k: int) -> list[int]:
-    """At most `k` of `steps` (ascending), evenly spaced on a log step axis (the axis stages are
-    found on), the first and last always among them."""
+    """`k` of `steps` (ascending; all of them if fewer) spread evenly on a log step axis (the
+    axis stages are found on): the steps nearest to k points evenly spaced in log(1 + step),
+    first and last included; where several share a step (a schedule sparser than the points),
+    the rest are filled in one at a time with the step farthest in log from those picked."""
     if k >= len(steps):
         return list(steps)
     x = np.log1p(np.asarray(steps, dtype=float))
-    picked = {int(np.abs(x - t).argmin()) for t in np.linspace(x[0], x[-1], k)}
+    picked = list(dict.fromkeys(int(np.abs(x - t).argmin()) for t in np.linspace(x[0], x[-1], k)))
+    while len(picked) < k:
+        distance = np.abs(x[:, None] - x[picked][None, :]).min(axis=1)
+        picked.append(int(distance.argmax()))
     return [steps[i] for i in sorted(picked)]
 
 
@@ -82,8 +88,8 @@ def settings_of(runs: list[Run], out: Path, workers: int = 1, device: str = "cpu
         path = _record_path(out, run)
         if path.exists():
             records[run.name] = json.loads(path.read_text())
-        elif run.checkpoints():
-            todo.append((run, (steps or {}).get(run.name, run.checkpoints())[-1], device))
+        elif chosen := (steps or {}).get(run.name, run.checkpoints()):
+            todo.append((run, chosen[-1], device))
     for (run, step, _), found in zip(todo, _map(_calibrate, todo, workers), strict=True):
         if isinstance(found, Exception):
             log.warning("llc: cannot calibrate %s: %s: %s", run.path, type(found).__name__,
