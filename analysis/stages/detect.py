@@ -167,7 +167,7 @@ def findings(table: pd.DataFrame) -> list[str]:
             peak = kind["value"].iloc[0] if len(kind) else np.nan
             word = "peak" if peak == 1 else "trough" if peak == 0 else "peak or trough"
             parts.append(f"{word} at step {describe(row, seeds=False)}")
-        events = _events(table[same])
+        events = _events(table[same]).sort_values("value")
         beside = "; ".join(f"{e['event']} {describe(e, seeds=False)}"
                            for _, e in events.iterrows())
         healthy = mine[mine["statistic"] == "healthy"]["value"]
@@ -212,10 +212,12 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
         mine = own[_same_series(own, pd.Series(coords))] if len(own) else own
         key = labels[mine.index[0]] if len(mine) else ", ".join(f"{k}={v}" for k, v in
                                                                coords.items())
-        for _, event in _events(table[_same_series(table, pd.Series(coords))]).iterrows():
+        events = _events(table[_same_series(table, pd.Series(coords))]).sort_values("value")
+        for i, (_, event) in enumerate(events.iterrows()):  # labels at two heights, in turn
             ax.axvline(event["value"], color="0.3", ls=":", lw=1)
-            ax.text(event["value"], 0.98, event["event"], rotation=90, va="top", ha="right",
-                    fontsize="x-small", color="0.3", transform=ax.get_xaxis_transform())
+            ax.text(event["value"], 0.98 - 0.45 * (i % 2), event["event"], rotation=90,
+                    va="top", ha="right", fontsize="x-small", color="0.3",
+                    transform=ax.get_xaxis_transform())
         positive = [s for s in steps if s > 0]
         if positive and min(steps) <= 0:  # step 0 on a log axis: linear up to the first step
             ax.set_xscale("symlog", linthresh=min(positive))
