@@ -242,32 +242,46 @@ def applies(task) -> bool:
 # --- calibration ------------------------------------------------------------------------------
 
 
-def calibrate(model, task, base: Settings = Settings(), device: str = "cpu") -> dict:
-    """The sampler's settings for one run, picked on one checkpoint (the run's last) from the
-    grid STEP_SIZES x TEMPERATURES, with every grid point's estimate recorded:
+def choose(grid: list[dict]) -> tuple[int | None, bool]:
+    """(index into `grid`, flat) of the calibration rule: `grid` lists estimates ("llc",
+    "healthy") of STEP_SIZES in order under each of TEMPERATURES in order. Under each (n_beta,
+    localization), the largest step size whose estimate is healthy and within FLAT of the next
+    smaller step size's (also healthy); the first (n_beta, localization) with one wins. With
+    none, the pair of neighbouring step sizes that is flattest over the grid gives its larger
+    one, and `flat` is False; with no healthy neighbours at all, (None, False)."""
+    pairs = [(i, abs(grid[i]["llc"] - grid[i - 1]["llc"]) / abs(grid[i - 1]["llc"]))
+             for i in range(1, len(grid)) if i % len(STEP_SIZES)
+             and grid[i]["healthy"] and grid[i - 1]["healthy"]]
+    for block in range(len(TEMPERATURES)):
+        flat = [i for i, change in pairs if i // len(STEP_SIZES) == block and change <= FLAT]
+        if flat:
+            return max(flat), True
+    return (min(pairs, key=lambda pair: pair[1])[0] if pairs else None), False
 
-    under each (n_beta, localization) in order, the largest step size whose estimate is
-    healthy and within FLAT of the next smaller step size's (also healthy): an LLC flat over
-    step sizes, from chains that converge without spikes. The first (n_beta, localization)
-    that has one wins; with none, `base` is kept and the record says so."""
+
+def calibrate(model, task, base: Settings = Settings(), device: str = "cpu") -> dict:
+    """The sampler's settings for one run, picked by `choose` on one checkpoint (the run's
+    last) from the grid STEP_SIZES x TEMPERATURES, with every grid point's estimate recorded
+    (an LLC flat over step sizes, from chains that converge without spikes). It stops at the
+    first (n_beta, localization) with a flat range; with no healthy neighbours in the whole
+    grid, `base` is kept."""
     rows, loss = training_rows(task, base.samples, base.seed), task_loss(task.loss_start)
-    grid, chosen = [], None
+    grid = []
     for n_beta, localization in TEMPERATURES:
-        previous = None
         for lr in STEP_SIZES:
             settings = replace(base, lr=lr, n_beta=n_beta, localization=localization)
             result = estimate(model, rows, loss, settings, device=device)
             grid.append({"lr": lr, "n_beta": n_beta, "localization": localization,
                          "llc": result.llc, "std": result.std, "healthy": result.healthy,
                          "reasons": list(result.reasons)})
-            if (result.healthy and previous is not None and previous.healthy
-                    and abs(result.llc - previous.llc) <= FLAT * abs(previous.llc)):
-                chosen = settings
-            previous = result
-        if chosen is not None:
+        index, flat = choose(grid)
+        if flat:
             break
+    chosen = {} if index is None else {k: grid[index][k] for k in ("lr", "n_beta",
+                                                                    "localization")}
     rule = (f"largest step size of {list(STEP_SIZES)} whose healthy LLC is within {FLAT:.0%} "
             f"of the next smaller one's, under the first (n_beta, localization) of "
-            f"{[list(t) for t in TEMPERATURES]} that has one")
-    return {"settings": asdict(chosen or base), "flat": chosen is not None, "rule": rule,
+            f"{[list(t) for t in TEMPERATURES]} that has one; else the flattest such pair; "
+            "else the defaults")
+    return {"settings": asdict(replace(base, **chosen)), "flat": flat, "rule": rule,
             "grid": grid}
