@@ -114,6 +114,15 @@ def test_turning_points_find_peaks_and_troughs_that_reverse_by_the_threshold():
     assert detect.turning_points([10, 8, 3, 3, 3], 1) == []  # a fall then flat: no reversal
 
 
+def test_checkpoints_are_picked_evenly_in_log_step_filling_in_a_sparse_schedule():
+    assert sweep.pick_steps(list(range(0, 1501, 50)), 12) == [
+        0, 50, 100, 150, 200, 250, 300, 400, 550, 750, 1050, 1500]  # every 50: filled in
+    log_spaced = [0, 1, 2, 4, 8, 16, 32, 50, 64, *range(100, 2001, 50)]
+    assert sweep.pick_steps(log_spaced, 12) == [0, 1, 4, 8, 16, 32, 64, 150, 250, 500, 1000,
+                                                2000]
+    assert sweep.pick_steps([0, 10, 20], 12) == [0, 10, 20]
+
+
 def _curves(peaks: dict[int, int | None], steps=(0, 50, 100, 200, 400, 800, 1600)):
     """A scores table of LLC curves, one run per seed, peaking at the given step (or rising)."""
     rows = []
