@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         df = llc_sweep.score_llc(runs, out, args.steps, args.last, args.llc_checkpoints,
                                  args.llc_refine, args.llc_workers, args.device)
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
-    table = pd.concat([t for t in (summary.summarize(df), stages.summarize(df)) if len(t)])
+    table = summary.summarize(df)
+    if len(boundaries := stages.summarize(df)):
+        table = pd.concat([table, boundaries], ignore_index=True)
     per_slice = summary.slice_transitions(by_slice)
     pd.concat([table, per_slice]).to_csv(out / "summary.csv", index=False)
     figures = plots.make_figures(df, runs, out / "figures")
