@@ -215,9 +215,11 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
         events = _events(table[_same_series(table, pd.Series(coords))]).sort_values("value")
         for i, (_, event) in enumerate(events.iterrows()):  # labels at two heights, in turn
             ax.axvline(event["value"], color="0.3", ls=":", lw=1)
-            ax.text(event["value"], 0.98 - 0.45 * (i % 2), event["event"], rotation=90,
-                    va="top", ha="right", fontsize="x-small", color="0.3",
-                    transform=ax.get_xaxis_transform())
+            label = ax.text(event["value"], 0.98 - 0.45 * (i % 2),
+                            event["event"].removesuffix("_step"), rotation=90, va="top",
+                            ha="right", fontsize="x-small", color="0.3", clip_on=True,
+                            transform=ax.get_xaxis_transform())
+            label.set_in_layout(False)  # a long label must not squeeze the panels
         positive = [s for s in steps if s > 0]
         if positive and min(steps) <= 0:  # step 0 on a log axis: linear up to the first step
             ax.set_xscale("symlog", linthresh=min(positive))
