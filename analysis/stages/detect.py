@@ -204,8 +204,9 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
             ax.fill_between(ok["step"], ok[METRIC] - ok["std"], ok[METRIC] + ok["std"],
                             alpha=0.2, color=line.get_color())
             bad = curve[curve["healthy"] != 1]
-            ax.plot(bad["step"], np.zeros(len(bad)), "x", color=line.get_color(),
-                    transform=ax.get_xaxis_transform(), clip_on=False)
+            if len(bad):  # an empty line on the axis transform stretches the layout
+                ax.plot(bad["step"], np.zeros(len(bad)), "x", color=line.get_color(),
+                        transform=ax.get_xaxis_transform(), clip_on=False)
             for step, _ in boundaries(curve):
                 ax.axvline(step, color=line.get_color(), lw=1)
             steps += list(curve["step"])
