@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         log.error("no runs under %s: no directory with .hydra/config.yaml", args.dir)
         return 2
+    if args.llc and (missing := llc_sweep.missing_extra()):
+        log.error("%s", missing)
+        return 2
     if args.transfer:
         print(f"transfer: {transfer.write(runs, out)}")
         return 0

@@ -10,6 +10,7 @@ checkpoints sampled without, sample into another output directory).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -26,6 +27,13 @@ from analysis.stages import llc
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = 12  # checkpoints sampled per run by default, evenly spaced in log step
+
+
+def missing_extra() -> str | None:
+    """Why the LLC cannot be sampled here (devinterp absent), or None."""
+    if importlib.util.find_spec("devinterp") is None:
+        return '--llc needs devinterp, the llc extra: pip install -e ".[llc]"'
+    return None
 
 
 def pick_steps(steps: list[int], k: int) -> list[int]:
