@@ -129,6 +129,14 @@ def test_calibration_takes_the_largest_flat_step_size_under_the_first_temperatur
     assert llc.choose(_grid([None, 5, None])) == (None, False)
 
 
+def test_llc_without_devinterp_is_refused_before_anything_is_written(demo_dir, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(sweep, "missing_extra", lambda: "--llc needs devinterp")
+    out = tmp_path / "analysis"
+    assert analysis_main([str(demo_dir), "--llc", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
 def test_turning_points_find_peaks_and_troughs_that_reverse_by_the_threshold():
     assert detect.turning_points([0, 5, 10, 6, 3, 2], 1) == [(2, "peak")]
     assert detect.turning_points([0, 5, 10, 6, 3, 8], 1) == [(2, "peak"), (4, "trough")]
