@@ -2,16 +2,19 @@
 
     python -m analysis multirun/2024-01-01/12-00-00 [--steps 100,200] [--last] [--device cpu]
         [--wandb online|offline|disabled] [--out DIR] [--transfer] [--forecast [--holdout K]]
+        [--llc [--llc-checkpoints K] [--llc-refine] [--llc-workers N]]
 
 Writes `<out>/scores.csv` (incremental: checkpoints already scored are not scored again),
 `<out>/summary.csv`, `<out>/figures/*.png` and `<out>/report.md`; `<out>` defaults to
 `<dir>/analysis`. `--transfer` instead reads the runs' final losses only and writes the
 learning-rate transfer view (analysis/transfer.py). `--forecast` (and any sweep of >= 4 model
 sizes) adds the forecast of the top `--holdout` rungs' exact match from the smaller ones
-(analysis/forecast.py): forecast.csv, forecast_steps.csv, a figure and a report section. A bad
-run or checkpoint (one that fails its manifest, say) is reported as a warning, skipped, and
-listed in the report; a directory without any run exits with status 2. Tables that a re-run
-reads are written atomically. `python -m analysis.verify DIR` checks the runs without scoring.
+(analysis/forecast.py): forecast.csv, forecast_steps.csv, a figure and a report section.
+`--llc` adds the local learning coefficient of K log-spaced checkpoints per run and the stage
+boundaries on its curve (analysis/stages/). A bad run or checkpoint (one that fails its
+manifest, say) is reported as a warning, skipped, and listed in the report; a directory without
+any run exits with status 2. Tables that a re-run reads are written atomically.
+`python -m analysis.verify DIR` checks the runs without scoring.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import torch
 from analysis import forecast, plots, slices, summary, transfer
 from analysis.report import causal_section, log_to_wandb, markdown_table, write_report
 from analysis.runs import Run, find_runs, score, write_csv
+from analysis.stages import detect as stages
+from analysis.stages import sweep as llc_sweep
 
 log = logging.getLogger("analysis")
 
@@ -42,6 +47,12 @@ def _steps(text: str) -> list[int]:
 def _threads(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"--threads={text!r}: expected an integer >= 1")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
     return int(text)
 
 
@@ -64,6 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="forecast exact match of the top rungs from the smaller ones")
     parser.add_argument("--holdout", type=int, default=2,
                         help="rungs (and checkpoints) held out by the forecast (default 2)")
+    parser.add_argument("--llc", action="store_true",
+                        help="also sample the local learning coefficient (devinterp; the llc "
+                             "extra) and find developmental stages on it")
+    parser.add_argument("--llc-checkpoints", type=_positive, default=llc_sweep.CHECKPOINTS,
+                        help="checkpoints sampled per run, log-spaced (default "
+                             f"{llc_sweep.CHECKPOINTS}; --steps or --last choose instead)")
+    parser.add_argument("--llc-refine", action="store_true",
+                        help="also the LLC restricted to each head and each layer")
+    parser.add_argument("--llc-workers", type=_positive, default=1,
+                        help="local processes that sample in parallel (default 1)")
     return parser.parse_args(argv)
 
 
@@ -104,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         log.error("no runs under %s: no directory with .hydra/config.yaml", args.dir)
         return 2
+    if args.llc and (missing := llc_sweep.missing_extra()):
+        log.error("%s", missing)
+        return 2
     if args.transfer:
         print(f"transfer: {transfer.write(runs, out)}")
         return 0
@@ -113,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         log.error("no checkpoint under %s could be scored", args.dir)
         return 1
+    if args.llc:
+        df = llc_sweep.score_llc(runs, out, args.steps, args.last, args.llc_checkpoints,
+                                 args.llc_refine, args.llc_workers, args.device)
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
     table = summary.summarize(df)
+    if len(boundaries := stages.summarize(df)):
+        table = pd.concat([table, boundaries], ignore_index=True)
     per_slice = summary.slice_transitions(by_slice)
     write_csv(pd.concat([table, per_slice]), out / "summary.csv")
     figures = plots.make_figures(df, runs, out / "figures")

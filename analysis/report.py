@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from analysis import emergence, summary
 from analysis.runs import Run
+from analysis.stages import detect as stages
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 KEY_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
                "eval/answer_logprob", "eval/loss", "train_eval/exact_match", "ood/exact_match",
                "prefix_matching_max", "induction_loss", "weight_norm", "fourier_top_fraction")
+# Phenomenon modules with a report section and findings of their own: section(df, table, out)
+# and findings(table).
+PHENOMENA = (stages,)
 STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
 EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "restricted_halved_step",
           "lead_steps", "lead_evaluations", "excluded_ratio", "phase_change_step",
@@ -211,11 +215,12 @@ def write_report(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
                          "`lead_evaluations` how long before test accuracy reaches 0.95, and "
                          "`excluded_ratio` excluded loss there over its memorization-time "
                          "value (above 1: memorization alone explains less).")
-    parts += list(sections)
+    parts += list(sections) + [s for m in PHENOMENA if (s := m.section(df, table, out))]
     if figures:
         parts.append("## Figures")
         parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
-    found = summary.verdicts(table) if len(table) else []
+    found = [*summary.verdicts(table), *(f for m in PHENOMENA for f in m.findings(table))
+             ] if len(table) else []
     if found:
         parts += ["## Verdicts", rules(), "\n".join(f"- {line}" for line in found)]
     path = out / "report.md"

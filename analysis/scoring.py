@@ -4,7 +4,8 @@ set and per slice), and the probes that read the model or the outputs.
 
 A probe is one function (model, task, outputs by set name) -> {name: value} and one line in
 `PROBES`, saying which tasks it applies to and which scored sets it reads. The loop logs the
-probes named in `train.eval_probes`; analysis scores every probe that applies.
+probes named in `train.eval_probes`; analysis scores every probe that applies, but the
+opt-in ones (the LLC: `python -m analysis DIR --llc`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from analysis import mechanistic, metrics, progress, slices
 from analysis.evaluate import Outputs, evaluate
+from analysis.stages import llc
 from tasks.modular import Modular
 
 SETS = ("eval", "train_eval", "ood")
@@ -105,6 +107,7 @@ class Probe:
     applies: Callable[[object], bool]  # task -> whether the probe means anything for it
     fn: Callable[..., dict[str, float]]  # (model, task, outputs) -> scores
     reads: tuple[str, ...] = ()  # the scored sets it needs
+    opt_in: bool = False  # scored only where named (it costs sampling), not by default
 
 
 def _answers(task) -> bool:
@@ -133,6 +136,7 @@ PROBES = [
     Probe("fourier", _modular_addition, fourier),
     Probe("layer_ablation", _modular, layer_ablation),
     Probe("progress", progress.applies, progress_measures),
+    Probe("llc", llc.applies, llc.probe, opt_in=True),
 ]
 PROBE_NAMES = tuple(probe.name for probe in PROBES)
 
@@ -156,10 +160,11 @@ def score(model, task, sets=SETS, probes=None, slices_of: str | None = "all",
     - per slice of the sets' attributes: every metric with slices_of="all" (`eval/loss@len_a=1`),
       only exact match on the task's main attribute with "main" (what training logs), none
       with None;
-    - the probes named in `probes` (None: all) that apply to the task and whose sets were scored.
+    - the probes named in `probes` (None: all but the opt-in ones) that apply to the task and
+      whose sets were scored.
 
     `autocast` is the context the model runs under (the training loop's precision)."""
-    probes = PROBE_NAMES if probes is None else probes
+    probes = [p.name for p in PROBES if not p.opt_in] if probes is None else probes
     check_probes(probes)
     if slices_of not in ("all", "main", None):
         raise ValueError(f"slices_of={slices_of!r}: must be 'all', 'main' or None")

@@ -23,11 +23,20 @@ from pathlib import Path
 
 import torch
 
-from bench import analysis_speed, data_speed, hooks_speed, score_speed, sweep_speed, train_speed
+from bench import (
+    analysis_speed,
+    data_speed,
+    hooks_speed,
+    llc_speed,
+    score_speed,
+    sweep_speed,
+    train_speed,
+)
 from bench.timing import machine
 
 BENCHMARKS = {"train": train_speed, "hooks": hooks_speed, "data": data_speed,
-              "score": score_speed, "sweep": sweep_speed, "analysis": analysis_speed}
+              "score": score_speed, "sweep": sweep_speed, "analysis": analysis_speed,
+              "llc": llc_speed}
 NOT_QUICK = ("analysis",)  # trains the demo sweep: minutes whatever the setting
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

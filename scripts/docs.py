@@ -67,6 +67,10 @@ EXPERIMENTS = (
                sweep=False),
     Experiment("mup_transfer_small", ("Learning-rate transfer",), ("lr_transfer",),
                ("--transfer",), report="transfer.md"),
+    Experiment("grokking_stages_small", ("Developmental stages",), ("llc_stages",),
+               ("--llc", "--llc-workers", "2")),
+    Experiment("induction_stages_small", ("Developmental stages",), ("llc_stages",),
+               ("--llc", "--llc-workers", "2")),
 )
 
 
