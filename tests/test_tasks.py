@@ -149,13 +149,15 @@ def test_arithmetic_held_out_problems_never_reach_training(digits, seed, test_fr
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10**6), test_fraction=st.floats(0.1, 0.5),
-       train_share=st.floats(0.05, 0.9))
+       train_share=st.floats(0.05, 0.75))  # pools fit the train split
 def test_parity_and_recall_held_out_problems_never_reach_training(seed, test_fraction,
                                                                  train_share):
     common = {"seed": seed, "test_fraction": test_fraction}
     parity = {"kind": "parity", "n_bits": 8, "n_tasks": 3, "eval_size": 20, **common}
+    # 216 sequences in all; eval_size None takes every held-out one (a fixed size can exceed
+    # what a small test_fraction leaves for some seeds, which the task rightly refuses)
     recall = {"kind": "associative_recall", "n_pairs": 2, "n_keys": 4, "n_values": 3,
-              "eval_size": 10, **common}  # 216 sequences in all
+              "eval_size": None, **common}
     pooled = {**parity, "train_size": int(3 * 2**8 * (1 - test_fraction) * train_share) + 1}
     for cfg in (parity, recall, pooled):
         task = tasks.build(cfg)
