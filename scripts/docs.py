@@ -3,12 +3,16 @@
     bash scripts/docs.sh                       # every experiment below (~40 min on 2 cores)
     bash scripts/docs.sh demo grokking_small   # some of them
     bash scripts/docs.sh --reuse               # keep finished training runs, redo the analysis
+    bash scripts/docs.sh demo --seed-sets 15-19 20-24   # the demo on other seed sets
 
 For each experiment: train it with `python -m train experiment=<name>` into
 multirun/docs/<name>, run `python -m analysis` on it, and write, between the markers
 `<!-- docs:<name> -->` and `<!-- /docs:<name> -->` of docs/experiments.md, the chosen sections
 of its report.md (their tables are computed by the analysis, never typed), the figures (copied
-to docs/figures/) and the time training and analysis took. Text outside the markers is kept, so
+to docs/figures/) and the time training and analysis took. An experiment with seed sets is
+trained and analysed once per disjoint set of seeds (multirun/docs/<name>/seeds_<set>): the
+block shows the first set's sections and every set's findings, so a verdict that depends on the
+seeds shows it. Text outside the markers is kept, so
 the prose says how to read a block and the block says what was measured.
 """
 
@@ -47,15 +51,18 @@ class Experiment:
     readme_figure: dict[str, str] = field(default_factory=dict)  # stem -> docs/figures name
     slice_table: tuple[str, ...] = ()  # attributes whose slices get a table per layout
     ladder_table: bool = False  # a table of seed means per rung (ladder_table below)
+    seed_sets: tuple[str, ...] = ()  # disjoint seed ranges ("0-4"), each a sweep of its own
 
 
 EMERGENCE = ("Emergence across model sizes", "Verdicts", "Where the errors are")
 EXPERIMENTS = (
-    # The main job (experiment=demo) is this ladder with more checkpoints: its README figure.
-    Experiment("addition_emergence_small", (*EMERGENCE, "Forecast of exact match"),
+    # The main job: the addition ladder (addition_emergence_small) with checkpoints every 500
+    # steps, on three disjoint seed sets.
+    Experiment("demo", (*EMERGENCE, "Forecast of exact match"),
                ("arithmetic_mirage", "arithmetic_exact_match_by_len_a", "forecast"),
-               ("--last", "--forecast"), ladder_table=True,
-               readme_figure={"arithmetic_mirage": "demo_mirage.png"}),
+               ("--forecast",), ladder_table=True,
+               readme_figure={"arithmetic_mirage": "demo_mirage.png"},
+               seed_sets=("0-4", "5-9", "10-14")),
     Experiment("addition_layouts", ("Runs",), (), ("--last",), slice_table=("len_a", "len_b")),
     Experiment("addition_format_small", ("Runs", "Where the errors are"), (), ("--last",)),
     Experiment("grokking_small", ("Events during training", "Causal checks"),
@@ -152,7 +159,15 @@ def timed(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - began
 
 
-def train(exp: Experiment, run_dir: Path, reuse: bool) -> dict:
+def seeds(text: str) -> str:
+    """A seed range "5-9" (or one seed "5") as Hydra's sweep "5,6,7,8,9"; SystemExit if bad."""
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and (high or low).isdigit()) or int(high or low) < int(low):
+        raise SystemExit(f"docs: seed set {text!r}: expected a range like 0-4 or one seed")
+    return ",".join(str(s) for s in range(int(low), int(high or low) + 1))
+
+
+def train(exp: Experiment, run_dir: Path, reuse: bool, *overrides: str) -> dict:
     """Train `exp` into `run_dir` unless `reuse` and it finished there; its timing record."""
     record = run_dir / "docs_time.json"
     if reuse and completed(run_dir) and record.exists():
@@ -161,7 +176,8 @@ def train(exp: Experiment, run_dir: Path, reuse: bool) -> dict:
     run_dir.mkdir(parents=True)
     where = "hydra.sweep.dir" if exp.sweep else "hydra.run.dir"
     seconds = timed([sys.executable, "-m", "train", f"experiment={exp.name}",
-                     f"{where}={run_dir}", "wandb.mode=disabled"], run_dir / "docs.log")
+                     f"{where}={run_dir}", "wandb.mode=disabled", *overrides],
+                    run_dir / "docs.log")
     runs = len(list(run_dir.rglob("summary.json")))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip() or "unknown"
@@ -172,19 +188,53 @@ def train(exp: Experiment, run_dir: Path, reuse: bool) -> dict:
     return info
 
 
-def document(exp: Experiment, reuse: bool) -> str:
-    """Train and analyse `exp`; the markdown block for docs/experiments.md."""
-    run_dir = RUNS / exp.name
-    info = train(exp, run_dir, reuse)
+def analyse(exp: Experiment, run_dir: Path) -> tuple[Path, float]:
+    """`python -m analysis` on `run_dir` afresh: its output directory and the seconds it took."""
     out = run_dir / "analysis"
     shutil.rmtree(out, ignore_errors=True)
-    analysis_s = timed([sys.executable, "-m", "analysis", str(run_dir), *exp.analysis],
-                       run_dir / "docs.log")
-    parts = [f"_Measured by `bash scripts/docs.sh {exp.name}` on {info['date']} (commit "
-             f"{info.get('commit', 'unknown')}; {info['machine']}, shared with other work): "
-             f"training {info['train_s']} s for {info['runs']} runs, "
-             f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._"]
-    parts += sections((out / exp.report).read_text(), exp.sections)
+    return out, timed([sys.executable, "-m", "analysis", str(run_dir), *exp.analysis],
+                      run_dir / "docs.log")
+
+
+def measured(exp: Experiment, info: dict, analysis_s: float, what: str = "") -> str:
+    """The italic line that says when, where and how long."""
+    return (f"_Measured by `bash scripts/docs.sh {exp.name}{what}` on {info['date']} (commit "
+            f"{info.get('commit', 'unknown')}; {info['machine']}, shared with other work): "
+            f"training {info['train_s']} s for {info['runs']} runs, "
+            f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._")
+
+
+def seed_sets(exp: Experiment, sets: tuple[str, ...], reuse: bool) -> tuple[Path, str]:
+    """Train every seed set first (the long part), then analyse each; the first set's analysis
+    directory and a section with every set's findings."""
+    dirs = {s: RUNS / exp.name / f"seeds_{s}" for s in sets}
+    infos = {s: train(exp, d, reuse, f"seed={seeds(s)}") for s, d in dirs.items()}
+    parts, first = ["#### Findings on each seed set", f"The same ladder trained on "
+                    f"{len(sets)} disjoint sets of seeds, each analysed on its own."], None
+    for s, run_dir in dirs.items():
+        out, analysis_s = analyse(exp, run_dir)
+        first = first or out
+        findings = sections((out / exp.report).read_text(), ("Findings",))
+        body = findings[0].split("\n", 1)[1] if findings else "(no findings)"
+        parts += [f"**Seeds {s}** " + measured(exp, infos[s], analysis_s,
+                                               f" --seed-sets {s}"), body]
+    return first, "\n\n".join(parts)
+
+
+def document(exp: Experiment, reuse: bool, sets: tuple[str, ...] = ()) -> str:
+    """Train and analyse `exp` (on each of `sets`, default its own seed sets); the markdown
+    block for docs/experiments.md."""
+    sets = sets or exp.seed_sets
+    if sets:
+        out, comparison = seed_sets(exp, sets, reuse)
+        parts = [*sections((out / exp.report).read_text(), exp.sections), comparison]
+        parts.insert(0, f"First seed set ({sets[0]}), analysed in full:")
+    else:
+        run_dir = RUNS / exp.name
+        info = train(exp, run_dir, reuse)
+        out, analysis_s = analyse(exp, run_dir)
+        parts = [measured(exp, info, analysis_s), *sections((out / exp.report).read_text(),
+                                                            exp.sections)]
     if exp.ladder_table:
         parts.append(ladder_table(pd.read_csv(out / "scores.csv")))
     if exp.slice_table:
@@ -208,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(names)}")
     parser.add_argument("--reuse", action="store_true",
                         help="keep training runs that finished; redo only the analysis")
+    parser.add_argument("--seed-sets", nargs="+", default=(), metavar="A-B",
+                        help="train and analyse each named experiment on these disjoint seed "
+                             "ranges (default: the experiment's own, e.g. demo's 0-4 5-9 10-14)")
     args = parser.parse_args(argv)
+    for s in args.seed_sets:
+        seeds(s)  # a bad range fails before anything is trained
     unknown = sorted(set(args.names) - set(names))
     if unknown:
         parser.error(f"unknown experiment {', '.join(unknown)}: choose from {', '.join(names)}")
@@ -216,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for exp in EXPERIMENTS:
         if args.names and exp.name not in args.names:
             continue
-        block = document(exp, args.reuse)
+        block = document(exp, args.reuse, tuple(args.seed_sets))
         DOC.write_text(replace_block(DOC.read_text(), exp.name, block))  # after each one
         print(f"docs: {exp.name} written to {DOC.relative_to(ROOT)}", flush=True)
     return 0
