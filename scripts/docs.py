@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,12 +169,15 @@ def seeds(text: str) -> str:
 
 
 def train(exp: Experiment, run_dir: Path, reuse: bool, *overrides: str) -> dict:
-    """Train `exp` into `run_dir` unless `reuse` and it finished there; its timing record."""
+    """Train `exp` into `run_dir` unless `reuse` and it finished there; its timing record.
+    With `reuse`, an unfinished sweep is resumed (each run from its last checkpoint)."""
     record = run_dir / "docs_time.json"
     if reuse and completed(run_dir) and record.exists():
         return json.loads(record.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    resumed = reuse and (run_dir / "docs.log").exists()
+    if not resumed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     where = "hydra.sweep.dir" if exp.sweep else "hydra.run.dir"
     seconds = timed([sys.executable, "-m", "train", f"experiment={exp.name}",
                      f"{where}={run_dir}", "wandb.mode=disabled", *overrides],
@@ -181,7 +185,7 @@ def train(exp: Experiment, run_dir: Path, reuse: bool, *overrides: str) -> dict:
     runs = len(list(run_dir.rglob("summary.json")))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    info = {"train_s": round(seconds), "runs": runs, "commit": commit,
+    info = {"train_s": round(seconds), "resumed": resumed, "runs": runs, "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     record.write_text(json.dumps(info))
@@ -200,15 +204,18 @@ def measured(exp: Experiment, info: dict, analysis_s: float, what: str = "") -> 
     """The italic line that says when, where and how long."""
     return (f"_Measured by `bash scripts/docs.sh {exp.name}{what}` on {info['date']} (commit "
             f"{info.get('commit', 'unknown')}; {info['machine']}, shared with other work): "
-            f"training {info['train_s']} s for {info['runs']} runs, "
+            f"training {info['train_s']} s for {info['runs']} runs"
+            f"{' (resumed: the time after the restart)' if info.get('resumed') else ''}, "
             f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._")
 
 
 def seed_sets(exp: Experiment, sets: tuple[str, ...], reuse: bool) -> tuple[Path, str]:
-    """Train every seed set first (the long part), then analyse each; the first set's analysis
-    directory and a section with every set's findings."""
+    """Train every seed set first (the long part; the sets side by side), then analyse each;
+    the first set's analysis directory and a section with every set's findings."""
     dirs = {s: RUNS / exp.name / f"seeds_{s}" for s in sets}
-    infos = {s: train(exp, d, reuse, f"seed={seeds(s)}") for s, d in dirs.items()}
+    with ThreadPoolExecutor(len(sets)) as pool:  # side by side: each waits on its subprocess
+        infos = dict(zip(dirs, pool.map(lambda s: train(exp, dirs[s], reuse, f"seed={seeds(s)}"),
+                                        dirs), strict=True))
     parts, first = ["#### Findings on each seed set", f"The same ladder trained on "
                     f"{len(sets)} disjoint sets of seeds, each analysed on its own."], None
     for s, run_dir in dirs.items():
