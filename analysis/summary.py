@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from analysis import emergence
 from analysis.emergence import (
     PER_HEAD_PREFIX,
     PER_POSITION_PREFIX,
@@ -97,10 +98,21 @@ def log_t_interval(values) -> dict[str, float]:
 LOG_SCALE = ("breakthroughness",)
 
 
+# Statistics that cannot be negative (steps, x values, a plateau's length in drops): their
+# t-interval is cut at zero. The true mean lies in the range, so the cut interval covers it as
+# often as the whole one does, and never names an impossible value.
+NON_NEGATIVE = ("transition", "memorization_step", "generalization_step", "grokking_ratio",
+                "restricted_halved_step", "phase_change_step", "phase_change_start",
+                "phase_change_end", "head_formation_step", "drop_start", "drop_end",
+                "abruptness")
+
+
 def _over_seeds(per_seed: list[tuple[float, str]], statistic: str = "") -> dict:
     """One summary row's value, interval and note from each seed's (value, why none)."""
     over = log_t_interval if statistic in LOG_SCALE else t_interval
     interval = over([value for value, _ in per_seed])
+    if statistic in NON_NEGATIVE and interval["low"] < 0:
+        interval["low"] = 0.0
     missing = [why for value, why in per_seed if np.isnan(value)]
     note = missing[0] if missing else ""
     if missing and interval["n"]:
@@ -114,12 +126,49 @@ def _wide(table: pd.DataFrame, axis: str) -> pd.DataFrame:
     return table.pivot_table(index=axis, columns="metric", values="value", aggfunc="mean")
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+# Resamples of the seeds of each rung behind the interval of a statistic of the seed-mean curve.
+BOOTSTRAP = 500
+BOOTSTRAP_INTERVAL = "95% bootstrap interval (seeds resampled within each rung)"
+
+
+def _of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dict]:
+    """Each curve statistic of the seed-mean curve (every rung's mean over its seeds, as
+    BIG-bench computed them on aggregate curves), with a percentile interval over BOOTSTRAP
+    curves whose rungs each average a resample of their own seeds. A seed that solves a rung
+    early or fails one moves the mean by 1/n of its jump, where it can move a ratio computed
+    per seed by factors."""
+    unit = "rungs"
+    rng = np.random.default_rng(0)
+    rows = {}
+    for metric, table in series.groupby("metric"):
+        by_x = [group["value"].to_numpy(dtype=float) for _, group in table.groupby(axis)]
+        x = np.array(sorted(table[axis].unique()), dtype=float)
+        stats = emergence.across(x, np.array([v.mean() for v in by_x]), unit)
+        draws = [emergence.across(x, np.array([rng.choice(v, len(v)).mean() for v in by_x]),
+                                  unit) for _ in range(BOOTSTRAP)]
+        for name, (value, why) in stats.items():
+            boot = np.array([d[name][0] for d in draws])
+            boot = boot[~np.isnan(boot)]
+            low, high = (np.percentile(boot, [2.5, 97.5]) if len(boot) and not np.isnan(value)
+                         and min(len(v) for v in by_x) > 1 else (np.nan, np.nan))
+            rows[(metric, name)] = {"value": value, "low": float(low), "high": float(high),
+                                    "n_seeds": min(len(v) for v in by_x), "note": why,
+                                    "n_points": len(x)}
+    return rows
+
+
+def summarize(df: pd.DataFrame, over: str = "mean") -> pd.DataFrame:
     """The summary table (module docstring) of a scores table (see analysis.runs.score).
 
     Along `params` and `flops`: each run's last checkpoint, one series per combination of the
-    coordinates that do not set the model's size or seed. Along `step`: one series per run
-    configuration up to its seed."""
+    coordinates that do not set the model's size or seed; `over="mean"` (the default) takes
+    each statistic of the seed-mean curve with a bootstrap interval (`_of_mean_curve`),
+    `over="seeds"` each seed's statistic, then their mean and t-interval. Along `step`: one
+    series per run configuration up to its seed, statistics per seed, then over seeds.
+    Grokking's detectors run only on series whose runs have a finite training set, where the
+    table says (its `finite_train_set` column, `mark_training_sets`)."""
+    if over not in ("mean", "seeds"):
+        raise ValueError(f"over={over!r}: expected 'mean' or 'seeds'")
     df = df[~df["metric"].str.startswith((PER_HEAD_PREFIX, PER_POSITION_PREFIX))]
     coords = [c for c in df.columns if c not in TABLE_COLUMNS]
     last = df[df["step"] == df.groupby("run")["step"].transform("max")]
@@ -129,20 +178,53 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         keys = [c for c in coords if c not in exclude and c != "seed"]
         groups = table.groupby(keys, dropna=False) if keys else [((), table)]
         for key, series in groups:
-            key = key if isinstance(key, tuple) else (key,)
+            key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+            if axis != "step" and over == "mean":
+                rows += [{**key, "axis": axis, "metric": metric, "statistic": statistic, **row}
+                         for (metric, statistic), row in _of_mean_curve(series, axis).items()]
+                continue
+            finite = ("finite_train_set" not in series
+                      or bool(series["finite_train_set"].all()))
             seeds = series.groupby("seed", dropna=False) if "seed" in series else [(0, series)]
             curves = [_wide(s, axis) for _, s in seeds]
-            per_seed = [curve_statistics(curve, axis) for curve in curves]
+            per_seed = [curve_statistics(curve, axis, finite) for curve in curves]
             n_points = max(curve.index.nunique() for curve in curves)
             names = dict.fromkeys(name for stats in per_seed for name in stats)
             for metric, statistic in names:
                 values = [stats.get((metric, statistic), (float("nan"), "not measured"))
                           for stats in per_seed]
-                rows.append({**dict(zip(keys, key, strict=True)), "axis": axis,
-                             "metric": metric, "statistic": statistic,
+                rows.append({**key, "axis": axis, "metric": metric, "statistic": statistic,
                              **_over_seeds(values, statistic), "n_points": n_points})
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [c for row in rows for c in row if c not in COLUMNS]), *COLUMNS])
+
+
+def mark_training_sets(df: pd.DataFrame, runs) -> pd.DataFrame:
+    """`df` with a `finite_train_set` column: whether each run trains on a finite set (a pool,
+    a train fraction) that it could memorize, or on fresh problems every step; runs whose task
+    cannot be built are left unknown (and measured)."""
+    from analysis.runs import BAD_ITEM  # runs load models and tasks; the rest here is pure
+
+    finite = {}
+    for run in runs:
+        try:
+            finite[run.name] = run.task().train_set() is not None
+        except BAD_ITEM:
+            continue
+    return df.assign(finite_train_set=df["run"].map(finite).fillna(True).astype(bool))
+
+
+def solved_share(df: pd.DataFrame, metric: str = "eval/exact_match",
+                 threshold: float = 0.5) -> pd.DataFrame:
+    """Per series and rung at each run's last checkpoint: the share of seeds whose `metric`
+    reaches `threshold` (`solved`) and the number of seeds (`n`)."""
+    rows = df[df["metric"] == metric]
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    keys = [c for c in rows.columns if c not in TABLE_COLUMNS and c != "seed"
+            and c not in SIZE_COORDS and rows[c].nunique(dropna=False) > 1]
+    return (rows.assign(solved=rows["value"] >= threshold)
+            .groupby([*keys, "params"], dropna=False)["solved"]
+            .agg(solved="mean", n="count").reset_index())
 
 
 def slice_transitions(by_slice: pd.DataFrame, metric: str = "eval/exact_match") -> pd.DataFrame:
