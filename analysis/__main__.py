@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no checkpoint under %s could be scored", args.dir)
         return 1
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
+    df = summary.mark_training_sets(df, runs)
     table = summary.summarize(df)
     per_slice = summary.slice_transitions(by_slice)
     pd.concat([table, per_slice]).to_csv(out / "summary.csv", index=False)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                   args.holdout + 2, forecast.rungs(df))
         return 1
     report = write_report(df, table, figures, runs, out, title=args.dir.resolve().name,
-                          sections=sections)
+                          sections=sections, by_slice=by_slice)
     if args.wandb != "disabled":
         log_to_wandb(df, table, figures, runs, out, group=args.dir.resolve().name,
                      mode=args.wandb)

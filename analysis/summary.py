@@ -131,7 +131,7 @@ BOOTSTRAP = 500
 BOOTSTRAP_INTERVAL = "95% bootstrap interval (seeds resampled within each rung)"
 
 
-def _of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dict]:
+def of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dict]:
     """Each curve statistic of the seed-mean curve (every rung's mean over its seeds, as
     BIG-bench computed them on aggregate curves), with a percentile interval over BOOTSTRAP
     curves whose rungs each average a resample of their own seeds. A seed that solves a rung
@@ -149,8 +149,10 @@ def _of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dic
         for name, (value, why) in stats.items():
             boot = np.array([d[name][0] for d in draws])
             boot = boot[~np.isnan(boot)]
-            low, high = (np.percentile(boot, [2.5, 97.5]) if len(boot) and not np.isnan(value)
-                         and min(len(v) for v in by_x) > 1 else (np.nan, np.nan))
+            spread = len(boot) and not np.isnan(value) and min(len(v) for v in by_x) > 1
+            # nearest, not interpolated: a draw can be inf (all steps but one flat)
+            low, high = (np.percentile(boot, [2.5, 97.5], method="nearest") if spread
+                         else (np.nan, np.nan))
             rows[(metric, name)] = {"value": value, "low": float(low), "high": float(high),
                                     "n_seeds": min(len(v) for v in by_x), "note": why,
                                     "n_points": len(x)}
@@ -162,7 +164,7 @@ def summarize(df: pd.DataFrame, over: str = "mean") -> pd.DataFrame:
 
     Along `params` and `flops`: each run's last checkpoint, one series per combination of the
     coordinates that do not set the model's size or seed; `over="mean"` (the default) takes
-    each statistic of the seed-mean curve with a bootstrap interval (`_of_mean_curve`),
+    each statistic of the seed-mean curve with a bootstrap interval (`of_mean_curve`),
     `over="seeds"` each seed's statistic, then their mean and t-interval. Along `step`: one
     series per run configuration up to its seed, statistics per seed, then over seeds.
     Grokking's detectors run only on series whose runs have a finite training set, where the
@@ -181,7 +183,7 @@ def summarize(df: pd.DataFrame, over: str = "mean") -> pd.DataFrame:
             key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
             if axis != "step" and over == "mean":
                 rows += [{**key, "axis": axis, "metric": metric, "statistic": statistic, **row}
-                         for (metric, statistic), row in _of_mean_curve(series, axis).items()]
+                         for (metric, statistic), row in of_mean_curve(series, axis).items()]
                 continue
             finite = ("finite_train_set" not in series
                       or bool(series["finite_train_set"].all()))
@@ -381,3 +383,96 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
         if grokking:
             lines.append(f"{series}: {grokking}")
     return lines
+
+
+# --- findings: the report's opening sentences -------------------------------------------------
+
+READABLE = {"eval/exact_match": "exact match", "eval/token_accuracy": "token accuracy",
+            "eval/edit_distance": "edit distance", "eval/answer_logprob": "answer log-probability",
+            "eval/brier": "Brier score"}
+
+
+AXIS_NAMES = {"params": "parameters", "flops": "training FLOPs", "step": "steps"}
+MIN_STEPS = 5  # evaluations a curve along steps needs for its transition
+
+
+def seeds_to_decide(row) -> str:
+    """Where a verdict is unclear: about how many more seeds would move the interval off the
+    threshold if it narrowed as 1/sqrt(seeds) around the same value; "" where that estimate
+    would not be honest (the value at the threshold, or more than four times the seeds)."""
+    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
+    value, half = abs(row["value"]), (row["high"] - row["low"]) / 2
+    distance, n = abs(value - threshold), row["n_seeds"]
+    if not (np.isfinite(half) and distance > 0 and n > 1):
+        return ""
+    needed = int(np.ceil(n * (half / distance) ** 2))
+    if needed > 4 * n:
+        return ("; the value sits so near the threshold that no affordable number of seeds "
+                "would decide it at this spread")
+    return f"; about {needed - n:.0f} more seeds per rung would decide it at this spread"
+
+
+def _verdict_sentence(row) -> str:
+    verdict = sudden_or_smooth(row)
+    word = verdict.split(" ", 1)[0]
+    name = READABLE.get(row["metric"], row["metric"])
+    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
+    if word == "no":
+        return f"{name}: {verdict}."
+    text = {"sudden": "improves suddenly with size", "smooth": "improves smoothly with size",
+            "unclear": "is unclear between sudden and smooth"}[word]
+    return (f"{name.capitalize()} {text}: breakthroughness {describe(row)} against the "
+            f"threshold {threshold:.3g} ({SUDDEN_FACTOR:g} x a straight line's over "
+            f"{row['n_points']:.0f} rungs)" + (seeds_to_decide(row) if word == "unclear" else "")
+            + ".")
+
+
+def findings(evidence) -> list[str]:
+    """Per series with several sizes: a sentence per verdict, where exact match's transition
+    lies (parameters, FLOPs, and steps for the largest model), and which rungs the seeds
+    solved."""
+    table, lines = evidence.summary, []
+    if table is None or table.empty:
+        return lines
+    labels = series_labels(table)
+    sizes = (table["axis"] == "params") & (table["n_points"] > 1)
+    verdicts = table[sizes & (table["statistic"] == "breakthroughness")
+                     & table["metric"].isin(VERDICT_METRICS)]
+    for series in dict.fromkeys(labels[verdicts.index]):
+        prefix = "" if series == "all runs" else f"{series}: "
+        rows = verdicts[labels[verdicts.index] == series]
+        lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
+        crossing = table[(labels == series) & (table["metric"] == "eval/exact_match")
+                         & (table["statistic"] == "transition") & table["value"].notna()]
+        where = [f"{describe(r, seeds=False)} {AXIS_NAMES[r['axis']]}"
+                 for _, r in crossing.iterrows() if r["axis"] in ("params", "flops")]
+        if where:
+            lines.append(prefix + "Exact match crosses the middle of its range at "
+                         + " and ".join(where) + ".")
+    if evidence.scores is not None and len(evidence.scores):
+        lines += _solved(evidence.scores)
+        lines += _top_rung_steps(table, evidence.scores)
+    return lines
+
+
+def _solved(scores: pd.DataFrame) -> list[str]:
+    share = solved_share(scores)
+    if share.empty or share["params"].nunique() < 2:
+        return []
+    cells = ", ".join(f"{int(r['params']):,}: {round(r['solved'] * r['n']):.0f}/{r['n']:.0f}"
+                      for _, r in share.iterrows())
+    return [f"Seeds that solved each rung (exact match >= 0.5 at the last checkpoint; "
+            f"parameters: seeds): {cells}."]
+
+
+def _top_rung_steps(table: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
+    """Where the largest model's exact match crosses mid-range along steps."""
+    rows = select(table, "eval/exact_match", "transition", "step")
+    if rows.empty or "d_model" not in rows or scores["step"].nunique() < MIN_STEPS:
+        return []
+    top = rows[rows["d_model"] == rows["d_model"].max()]
+    if top.empty or not np.isfinite(top["value"].iloc[0]):
+        return []
+    return [f"The largest model (d_model={top['d_model'].iloc[0]}) crosses it along training "
+            f"at step {describe(top.iloc[0])}."]
+

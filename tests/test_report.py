@@ -3,11 +3,14 @@ series of each row, detectors only where they apply, and findings first."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
+import tasks
+from analysis import plots, report, slices, summary
 from analysis.mechanistic import POSITION_PREFIX
 
 STEPS = np.array([0, 250, 500, 1000, 1500, 2000, 2500, 3000])
@@ -82,3 +85,127 @@ def test_every_figure_keeps_its_axes_and_a_short_legend_at_30_and_300_runs(kind)
         assert shape["legend"] <= plots.MAX_SERIES, (runs, shape)
         assert shape["smallest"] > 2.0, (runs, shape)  # inches: readable however many runs
     assert shapes[300]["smallest"] == pytest.approx(shapes[30]["smallest"], rel=0.25)
+
+
+# --- detectors only where they apply ----------------------------------------------------------
+
+
+class FakeRun:
+    """A run as mark_training_sets sees it: a name and the task its config builds."""
+
+    def __init__(self, name: str, task: dict):
+        self.name, self._task = name, task
+
+    def task(self):
+        return tasks.build(self._task)
+
+
+def grokking_table(finite: bool | None) -> pd.DataFrame:
+    """Two seeds whose train accuracy reaches 1 at step 100 and test accuracy at ~1,200."""
+    steps, rows = np.arange(0, 2001, 100), []
+    for seed in (0, 1):
+        train = np.clip(steps / 100, 0, 1)
+        test = 1 / (1 + np.exp(-(steps - 1100 - 100 * seed) / 50))
+        common = {"run": str(seed), "task": "modular", "seed": seed, "params": 1e4,
+                  "non_embedding_params": 1e4, "tokens": 0, "flops": 0}
+        if finite is not None:
+            common["finite_train_set"] = finite
+        for metric, curve in (("train_eval/exact_match", train), ("eval/exact_match", test),
+                              ("eval/loss", 1 - test)):
+            rows += [{**common, "step": s, "metric": metric, "value": v}
+                     for s, v in zip(steps, curve, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def test_a_finite_training_set_is_read_from_the_task_each_run_builds():
+    runs = [FakeRun("pool", {"kind": "modular", "p": 7, "train_fraction": 0.5}),
+            FakeRun("fresh", {"kind": "arithmetic", "digits": 2}),
+            FakeRun("fixed", {"kind": "arithmetic", "digits": 2, "train_size": 50})]
+    table = pd.DataFrame({"run": ["pool", "fresh", "fixed"], "value": [0.0, 0.0, 0.0]})
+    marked = summary.mark_training_sets(table, runs)
+    assert marked["finite_train_set"].tolist() == [True, False, True]
+
+
+def test_fresh_data_gets_no_grokking_statistics_and_the_report_says_why(tmp_path):
+    finite = summary.summarize(grokking_table(True))
+    assert len(summary.select(finite, "eval/exact_match", "grokking_ratio"))
+    assert any("grokking: generalized" in line for line in summary.verdicts(finite))
+    fresh_scores = grokking_table(False)
+    fresh = summary.summarize(fresh_scores)
+    grokking = ("memorization_step", "generalization_step", "grokking_ratio")
+    assert not fresh["statistic"].isin(grokking).any()
+    assert not any("grokking" in line for line in summary.verdicts(fresh))
+    text = report.write_report(fresh_scores, fresh, [], [], tmp_path, "fresh").read_text()
+    events = text.split("## Events during training")[1]
+    assert "no finite training set to memorize" in events
+    assert "| none" not in events and "memorization_step" not in events
+    assert "drop_start" in events  # the plateau-and-drop detector applies to any loss
+
+
+# --- findings first ---------------------------------------------------------------------------
+
+
+def ladder(seeds=range(5)) -> pd.DataFrame:
+    """The last checkpoint of a 6-rung ladder whose exact match jumps from 0.1 to 1 between
+    rungs 3 and 4 (token accuracy climbing steadily), with per-position log-probabilities:
+    position 0 at chance (log 1/10) until rung 4, the others learned from the start."""
+    rows = []
+    for rung, (d_model, params) in enumerate(RUNGS.items()):
+        for seed in seeds:
+            common = {"run": f"{d_model}-{seed}", "task": "arithmetic", "d_model": d_model,
+                      "seed": seed, "params": params, "non_embedding_params": params,
+                      "step": 3000, "tokens": 0, "flops": 6 * params * 3000}
+            exact = 0.1 + 0.01 * rung + 0.002 * seed if rung < 4 else 1.0
+            values = {"eval/exact_match": exact, "eval/token_accuracy": 0.5 + 0.1 * rung,
+                      f"{POSITION_PREFIX}0": -2.3 if rung < 4 else -0.01,
+                      f"{POSITION_PREFIX}1": -0.05}
+            rows += [{**common, "metric": m, "value": v} for m, v in values.items()]
+    return pd.DataFrame(rows)
+
+
+def test_the_report_opens_with_findings_written_from_the_statistics(tmp_path):
+    scores = ladder()
+    table = summary.summarize(scores)
+    text = report.write_report(scores, table, [], [], tmp_path, "ladder").read_text()
+    assert text.split("\n## ")[1].startswith("Findings")
+    found = text.split("## Findings")[1].split("\n## ")[0]
+    assert "Exact match improves suddenly with size: breakthroughness" in found
+    assert "Token accuracy improves smoothly with size" in found
+    assert "threshold 10 (2 x a straight line's over 6 rungs)" in found
+    assert "Seeds that solved each rung" in found and "15,504: 5/5" in found
+    assert "7,264: 0/5" in found
+    assert "answer position 0" in found and "-2.30, -2.30, -2.30, -2.30, -0.01, -0.01" in found
+
+
+def test_an_unclear_verdict_estimates_the_seeds_that_would_decide_it_only_where_honest():
+    row = {"metric": "eval/exact_match", "value": 14.0, "low": 8.0, "high": 20.0,
+           "n_seeds": 5, "n_points": 6, "note": ""}
+    # The half-width 6 must shrink to the distance 4: 5 x (6 / 4)^2 = 11.25 -> 12 seeds.
+    assert summary.seeds_to_decide(row) == ("; about 7 more seeds per rung would decide it at "
+                                            "this spread")
+    assert "no affordable" in summary.seeds_to_decide({**row, "value": 10.5})
+
+
+def test_a_phenomenon_joins_the_findings_and_sections_with_one_line(tmp_path, monkeypatch):
+    stages = types.SimpleNamespace(
+        findings=lambda evidence: [f"{evidence.scores['run'].nunique()} runs in stages."],
+        section=lambda evidence: "## Developmental stages\n\ntwo stages")
+    monkeypatch.setattr(report, "PHENOMENA", (*report.PHENOMENA, stages))
+    scores = ladder()
+    text = report.write_report(scores, summary.summarize(scores), [], [], tmp_path,
+                               "x").read_text()
+    assert "- 30 runs in stages." in text.split("## Runs")[0]
+    assert "## Developmental stages" in text
+
+
+# --- tables name their series ----------------------------------------------------------------
+
+
+def test_the_slice_transition_table_names_each_rows_series():
+    df = scores_table(30)
+    table = summary.slice_transitions(by_slice(df))
+    text = slices.errors_section(by_slice(df), report.markdown_table, table)
+    rows = text.split("crosses later is a sub-skill that appears later.")[1]
+    assert rows.strip().startswith("| axis | series | slice | transition |")
+    assert "| step | d_model=32 | len_a=1 |" in rows
+    assert "| params | all runs | len_a=3 |" in rows
