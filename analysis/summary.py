@@ -265,8 +265,10 @@ def estimate(summary: pd.DataFrame, metric: str, statistic: str, axis: str | Non
 
 
 def _number(value: float) -> str:
-    """3 significant digits; steps and parameter counts from 1,000 on in full."""
-    return f"{value:,.0f}" if np.isfinite(value) and abs(value) >= 1000 else f"{value:.3g}"
+    """3 significant digits; steps and parameter counts from 1,000 to 10 million in full."""
+    if np.isfinite(value) and 1000 <= abs(value) < 1e7:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def describe(row, seeds: bool = True) -> str:
@@ -418,7 +420,7 @@ def _verdict_sentence(row) -> str:
     name = READABLE.get(row["metric"], row["metric"])
     threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
     if word == "no":
-        return f"{name}: {verdict}."
+        return f"{name.capitalize()}: {verdict}."
     text = {"sudden": "improves suddenly with size", "smooth": "improves smoothly with size",
             "unclear": "is unclear between sudden and smooth"}[word]
     return (f"{name.capitalize()} {text}: breakthroughness {describe(row)} against the "
@@ -462,7 +464,7 @@ def _solved(scores: pd.DataFrame) -> list[str]:
     cells = ", ".join(f"{int(r['params']):,}: {round(r['solved'] * r['n']):.0f}/{r['n']:.0f}"
                       for _, r in share.iterrows())
     return [f"Seeds that solved each rung (exact match >= 0.5 at the last checkpoint; "
-            f"parameters: seeds): {cells}."]
+            f"parameters: solved/seeds): {cells}."]
 
 
 def _top_rung_steps(table: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
