@@ -116,8 +116,8 @@ LADDER = {"eval/exact_match": "exact match", "eval/token_accuracy": "token accur
 
 def ladder_table(scores: pd.DataFrame) -> str:
     """Markdown: per rung (d_model), at each run's last step, the seed mean [lowest, highest
-    seed] of the exact and continuous metrics, and the seed mean of each answer position's
-    log-probability (chance for a digit: log 1/10 = -2.30)."""
+    seed] of the exact and continuous metrics, the seed mean of each answer position's
+    log-probability (chance for a digit: log 1/10 = -2.30), and how many seeds solved it."""
     rows = scores[scores["slice"] == "all"]
     rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
     stats = rows.groupby(["d_model", "params", "metric"])["value"].agg(["mean", "min", "max"])
@@ -128,9 +128,13 @@ def ladder_table(scores: pd.DataFrame) -> str:
     if len(positions.columns):
         table["log p per answer position"] = positions.apply(
             lambda r: " / ".join(f"{v:.2f}" for v in r), axis=1)
+    exact = rows[rows["metric"] == "eval/exact_match"]
+    table["seeds solved"] = exact.groupby(["d_model", "params"])["value"].agg(
+        lambda v: f"{(v >= 0.5).sum()}/{len(v)}")
     seeds = rows.groupby("d_model")["run"].nunique()
     return (f"Per rung, at the last step: mean over seeds [lowest, highest] ({seeds.min()} "
-            "seeds per rung):\n\n" + markdown_table(table.reset_index()))
+            "seeds per rung), and the seeds that solved it (exact match >= 0.5):\n\n"
+            + markdown_table(table.reset_index()))
 
 
 def replace_block(text: str, name: str, block: str) -> str:
