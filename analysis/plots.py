@@ -273,22 +273,32 @@ def answer_positions(df: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def grokking_curves(table: pd.DataFrame, title: str = "") -> Figure:
+def grokking_curves(table: pd.DataFrame, title: str = "",
+                    seeds: list[pd.DataFrame] = ()) -> Figure:
     """Train and test accuracy against step, sum of squared weights on a twin axis; where the
     table has restricted_loss, a second panel of the progress measures (analysis.progress).
     `table` has one row per step (index or `step` column) and any of the columns
     train_eval/exact_match, eval/exact_match, weight_norm, train_eval/loss, restricted_loss,
-    excluded_loss (e.g. metrics.jsonl joined with scores)."""
+    excluded_loss (e.g. metrics.jsonl joined with scores): one run, or the mean of `seeds`,
+    tables of the same kind whose accuracies are drawn thin behind it."""
     table = table.set_index("step") if "step" in table.columns else table
     measures = "restricted_loss" in table  # Nanda et al.'s progress measures, a second panel
     fig = Figure(figsize=(6.4 * (1 + measures), 4.4), layout="constrained")
     ax, *more = fig.subplots(1, 1 + measures, squeeze=False)[0]
     if measures:
         progress.draw(more[0], table)  # linear steps: the lead reads as a distance
-    for column, label in (("train_eval/exact_match", "train"), ("eval/exact_match", "test")):
+    for colour, (column, label) in zip(("C0", "C1"), (("train_eval/exact_match", "train"),
+                                                      ("eval/exact_match", "test")), strict=True):
+        for seed in seeds:
+            seed = seed.set_index("step") if "step" in seed.columns else seed
+            if column in seed:
+                curve = seed[column].dropna()
+                ax.plot(curve.index, curve.to_numpy(), color=colour, lw=0.7, alpha=0.35)
         if column in table:
             curve = table[column].dropna()
-            ax.plot(curve.index, curve.to_numpy(), label=f"{label} accuracy")
+            ax.plot(curve.index, curve.to_numpy(), color=colour, lw=2 if len(seeds) else 1.5,
+                    label=f"{label} accuracy" + (f" (mean of {len(seeds)} seeds)"
+                                                 if len(seeds) > 1 else ""))
     ax.set(xlabel="step", ylabel="accuracy", title=title or "grokking")
     handles, labels = ax.get_legend_handles_labels()
     if "weight_norm" in table:
@@ -419,10 +429,15 @@ def make_figures(df: pd.DataFrame, runs: list[Run], outdir: str | Path) -> list[
                     table, metric)
         if any(m.startswith(POSITION) for m in metrics):
             figures[f"{task}_answer_positions"] = answer_positions(table)
-        if "weight_norm" in metrics:
-            for name in table["run"].unique():
-                wide = _run_table(table, by_name.get(name), name)
-                figures[f"{task}_grokking_{name}"] = grokking_curves(wide, f"grokking, {name}")
+        if "weight_norm" in metrics:  # a figure per series, its seeds behind their mean
+            keys = [*_size_keys(table), *_series_keys(table)]
+            for label, rows in _order(table, keys):
+                seeds = [_run_table(table, by_name.get(name), name)
+                         for name in rows["run"].unique()]
+                mean = pd.concat(seeds).groupby(level=0).mean() if len(seeds) > 1 else seeds[0]
+                name = re.sub(r"[^\w.-]+", "_", label) or "all_runs"
+                figures[f"{task}_grokking_{name}"] = grokking_curves(
+                    mean, f"grokking, {label or 'all runs'}", seeds if len(seeds) > 1 else ())
         if "induction_loss" in metrics:
             figures[f"{task}_induction"] = induction_phase_change(table)
         if "prefix_matching_max" in metrics:
