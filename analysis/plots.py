@@ -90,6 +90,17 @@ def _first_column_ylabel(axes) -> None:
             ax.set_ylabel("")
 
 
+def _legend(ax, entries: int) -> None:
+    """A legend in the corner the curves leave free: upper left where they rise (they start
+    low), upper right where they fall. Matplotlib's "best" place is searched against every
+    point drawn, which with hundreds of seeds' curves takes seconds a panel."""
+    lines = [line.get_ydata() for line in ax.get_lines() if len(line.get_ydata()) > 1]
+    rising = np.mean([np.asarray(y, dtype=float)[-1] - np.asarray(y, dtype=float)[0]
+                      for y in lines]) > 0 if lines else True
+    ax.legend(fontsize="small" if entries <= 4 else "x-small",
+              loc="upper left" if rising else "upper right")
+
+
 def _colours(n: int) -> list:
     """n colours in order (a ladder's rungs read from dark to light)."""
     from matplotlib import colormaps
@@ -103,11 +114,10 @@ def _seeds_and_mean(ax, rows: pd.DataFrame, x: str, colour, label: str, marker=N
     """Each seed's curve (a run's along steps, a seed's across rungs) thin and faint, their mean
     over seeds bold: one legend entry."""
     thin = "run" if x == "step" else "seed" if "seed" in rows else "run"
-    if rows[thin].nunique() > 1:
-        for _, one in rows.groupby(thin, sort=False):
-            one = one.groupby(x)["value"].mean()
-            ax.plot(one.index, one.to_numpy(), color=colour, lw=0.7, alpha=0.35)
-    mean = rows.groupby(x)["value"].mean()
+    wide = rows.pivot_table(index=x, columns=thin, values="value", aggfunc="mean")
+    if wide.shape[1] > 1:  # one call for all seeds: hundreds of runs draw at once
+        ax.plot(wide.index, wide.to_numpy(), color=colour, lw=0.7, alpha=0.35)
+    mean = wide.mean(axis=1)
     ax.plot(mean.index, mean.to_numpy(), color=colour, lw=2.2, marker=marker, ms=4,
             label=label)
 
@@ -154,7 +164,7 @@ def grouped(df: pd.DataFrame, x: str, ylabel: str, title: str, colour_keys: list
             _seeds_and_mean(ax, rows, x, colour, _series_label(label, rows), marker)
         _set_log_x(ax, df[x])
         ax.set(xlabel="parameters" if x == "params" else x, ylabel=ylabel, title=name or title)
-        ax.legend(fontsize="small" if len(series) <= 4 else "x-small")
+        _legend(ax, len(series))
     _first_column_ylabel(axes)
     return fig
 
@@ -210,7 +220,7 @@ def mirage(df: pd.DataFrame, prefix: str = "eval/") -> Figure:
                 _seeds_and_mean(ax, _match(rows, series, label), "params", colour,
                                 label or "mean over seeds", marker="o")
             ax.set(xlabel="parameters", ylabel=prefix + name, title=name)
-        panels[0].legend(fontsize="x-small")
+        _legend(panels[0], len(labels))
         ax = panels[-1]
         for colour, (name, label) in zip(_colours(3), (
                 ("exact_match", "measured"),
@@ -222,7 +232,7 @@ def mirage(df: pd.DataFrame, prefix: str = "eval/") -> Figure:
             if len(rows):
                 _seeds_and_mean(ax, rows, "params", colour, label, marker="o")
         ax.set(xlabel="parameters", ylabel="exact match", title="p^L check")
-        ax.legend(fontsize="x-small")
+        _legend(ax, 3)
     for ax in axes:
         _set_log_x(ax, table["params"])
     return fig
@@ -257,7 +267,7 @@ def answer_positions(df: pd.DataFrame) -> Figure | None:
         _set_log_x(ax, final["params"])
         ax.set(xlabel="parameters", ylabel="log p(right token)",
                title="per answer position, last checkpoint")
-        ax.legend(fontsize="x-small")
+        _legend(ax, len(positions))
     keys = _size_keys(table) or _series_keys(table, exclude=["position"])
     for ax, position in zip(axes, positions, strict=True):
         rows = table[table["position"] == position]
@@ -268,7 +278,7 @@ def answer_positions(df: pd.DataFrame) -> Figure | None:
         ax.set(xlabel="step", ylabel="log p(right token)",
                title=f"answer position {position} during training")
     if len(axes):
-        axes[0].legend(fontsize="x-small")
+        _legend(axes[0], MAX_SERIES)
     _first_column_ylabel(fig.axes)
     return fig
 
@@ -339,7 +349,7 @@ def induction_phase_change(df: pd.DataFrame) -> Figure:
                title="induction heads: loss on repeated tokens")
         if twin is not None:
             twin.set(ylabel="max prefix matching (dashed)", ylim=(-0.02, 1.02))
-        ax.legend(fontsize="small" if len(series) <= 4 else "x-small")
+        _legend(ax, len(series))
     return fig
 
 
@@ -496,7 +506,7 @@ def exact_match_by_slice(by_slice: pd.DataFrame, attribute: str,
     if wide_x:
         axes[0].set_title(f"{metric} per slice vs parameters (last checkpoint)")
     axes[-1].set_title(f"{metric} per slice during training, {_params(top)}")
-    axes[-1].legend(fontsize="small")
+    _legend(axes[-1], 4)
     return fig
 
 

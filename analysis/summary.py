@@ -1,18 +1,23 @@
-"""Emergence statistics over seeds: the tidy summary table, a way to read it, and the verdicts.
+"""Emergence statistics over seeds: the tidy summary table, a way to read it, the verdicts and the
+findings they make.
 
-Every statistic of analysis.emergence is computed per seed (each seed's ladder of runs against
-parameters or FLOPs, each run's curve against steps), then averaged over the seeds that have a
-value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per statistic:
+Against size (`params`, `flops`: each run's last checkpoint) every statistic of
+analysis.emergence is taken on the curve of seed means, each rung's mean over its seeds (as
+BIG-bench computed them on aggregate curves), with a 95% percentile interval over curves whose
+rungs average a resample of their own seeds (`of_mean_curve`): a seed that solves a rung early or
+fails one moves that rung by 1/n of its jump, where it moves a ratio computed per seed by
+factors. Along `step` every statistic is computed per run, then averaged over the seeds that have
+a value, with a 95% t-interval over them (`t_interval`; cut at zero for steps). summary.csv, one
+row per statistic:
 
 | column | meaning |
 |---|---|
 | run coordinates (task, n_layers, ...) | the series: what the statistic is of, up to the seed |
 | `axis` | `params`, `flops` (each run's last checkpoint) or `step` |
 | `metric`, `statistic` | e.g. `eval/exact_match`, `breakthroughness` |
-| `value` | mean over the seeds that have a value (geometric mean for breakthroughness) |
-| `low`, `high` | the 95% t-interval of that mean (of the mean log for breakthroughness, a ratio |
-| | that varies over seeds by factors); empty with one seed |
-| `n_seeds` | seeds with a value |
+| `value` | of the seed-mean curve (size); the mean over seeds (steps; geometric for ratios) |
+| `low`, `high` | its 95% interval: bootstrap over seeds (size), t over seeds (steps) |
+| `n_seeds` | seeds with a value (size: the fewest of any rung) |
 | `n_points` | distinct x values of the curve (rungs or evaluations), largest over seeds |
 | `note` | why there is no value ("3 rungs: too few for breakthroughness (needs 5)", |
 | | "none: ..."), or in how many seeds there is none |
@@ -20,7 +25,8 @@ value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per 
 Read one statistic with `estimate(summary, "eval/exact_match", "breakthroughness")`, which
 returns (value, low, high); coordinates narrow it, e.g. `n_layers=2`. The transition of exact
 match on each slice of the eval set (`slice_transitions`) is there too, as metric
-`eval/exact_match@<slice>`: which sub-skill appears at which size or step.
+`eval/exact_match@<slice>`: which sub-skill appears at which size or step. `findings` turns the
+summary into the report's opening sentences.
 """
 
 from __future__ import annotations
