@@ -214,22 +214,26 @@ def measured(exp: Experiment, info: dict, analysis_s: float, what: str = "") -> 
 
 
 def seed_sets(exp: Experiment, sets: tuple[str, ...], reuse: bool) -> tuple[Path, str]:
-    """Train every seed set first (the long part; the sets side by side), then analyse each;
-    the first set's analysis directory and a section with every set's findings."""
+    """Train and analyse every seed set, the sets side by side (each analysed once its own
+    training ends); the first set's analysis directory and a section with every set's
+    findings."""
     dirs = {s: RUNS / exp.name / f"seeds_{s}" for s in sets}
-    with ThreadPoolExecutor(len(sets)) as pool:  # side by side: each waits on its subprocess
-        infos = dict(zip(dirs, pool.map(lambda s: train(exp, dirs[s], reuse, f"seed={seeds(s)}"),
-                                        dirs), strict=True))
-    parts, first = ["#### Findings on each seed set", f"The same ladder trained on "
-                    f"{len(sets)} disjoint sets of seeds, each analysed on its own."], None
-    for s, run_dir in dirs.items():
-        out, analysis_s = analyse(exp, run_dir)
-        first = first or out
+
+    def one(s: str) -> tuple[dict, Path, float]:
+        info = train(exp, dirs[s], reuse, f"seed={seeds(s)}")
+        return (info, *analyse(exp, dirs[s]))
+
+    with ThreadPoolExecutor(len(sets)) as pool:  # each thread waits on its subprocesses
+        done = dict(zip(sets, pool.map(one, sets), strict=True))
+    parts = ["#### Findings on each seed set",
+             f"The same ladder trained on {len(sets)} disjoint sets of seeds, each analysed on "
+             "its own."]
+    for s, (info, out, analysis_s) in done.items():
         findings = sections((out / exp.report).read_text(), ("Findings",))
         body = findings[0].split("\n", 1)[1] if findings else "(no findings)"
-        parts += [f"**Seeds {s}** " + measured(exp, infos[s], analysis_s,
-                                               f" --seed-sets {s}"), body]
-    return first, "\n\n".join(parts)
+        parts += [f"**Seeds {s}** " + measured(exp, info, analysis_s, f" --seed-sets {s}"),
+                  body]
+    return done[sets[0]][1], "\n\n".join(parts)
 
 
 def document(exp: Experiment, reuse: bool, sets: tuple[str, ...] = ()) -> str:
