@@ -153,13 +153,14 @@ def completed(run_dir: Path) -> bool:
         json.loads(p.read_text()).get("status") == "completed" for p in summaries)
 
 
-def timed(cmd: list[str], log: Path) -> float:
-    """Run `cmd` from the repository root, its output appended to `log`; seconds it took."""
+def timed(cmd: list[str], log: Path, check: bool = True) -> float:
+    """Run `cmd` from the repository root, its output appended to `log`; seconds it took.
+    SystemExit if it fails and `check`."""
     print("docs: " + " ".join(cmd), flush=True)
     began = time.perf_counter()
     with log.open("a") as f:
         result = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if result.returncode:
+    if result.returncode and check:
         raise SystemExit(f"docs: {' '.join(cmd)} failed (exit {result.returncode}); see {log}")
     return time.perf_counter() - began
 
@@ -183,13 +184,20 @@ def train(exp: Experiment, run_dir: Path, reuse: bool, *overrides: str) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     where = "hydra.sweep.dir" if exp.sweep else "hydra.run.dir"
+    # Resumed, the runs that finished before refuse to start again (and fail the sweep's exit
+    # status): what counts is that every run is complete afterwards.
     seconds = timed([sys.executable, "-m", "train", f"experiment={exp.name}",
                      f"{where}={run_dir}", "wandb.mode=disabled", *overrides],
-                    run_dir / "docs.log")
-    runs = len(list(run_dir.rglob("summary.json")))
+                    run_dir / "docs.log", check=not resumed)
+    if not completed(run_dir):
+        raise SystemExit(f"docs: {exp.name}: runs in {run_dir} did not complete; see "
+                         f"{run_dir / 'docs.log'}")
+    summaries = [json.loads(p.read_text()) for p in run_dir.rglob("summary.json")]
+    runs = len(summaries)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip() or "unknown"
     info = {"train_s": round(seconds), "resumed": resumed, "runs": runs, "commit": commit,
+            "run_s": round(sum(s.get("wall_time_s", 0) for s in summaries)),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     record.write_text(json.dumps(info))
@@ -208,9 +216,10 @@ def measured(exp: Experiment, info: dict, analysis_s: float, what: str = "") -> 
     """The italic line that says when, where and how long."""
     return (f"_Measured by `bash scripts/docs.sh {exp.name}{what}` on {info['date']} (commit "
             f"{info.get('commit', 'unknown')}; {info['machine']}, shared with other work): "
-            f"training {info['train_s']} s for {info['runs']} runs"
-            f"{' (resumed: the time after the restart)' if info.get('resumed') else ''}, "
-            f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._")
+            + (f"training resumed after an interruption, the runs' own wall times summing to "
+               f"{info['run_s']} s for {info['runs']} runs, " if info.get("resumed") else
+               f"training {info['train_s']} s for {info['runs']} runs, ")
+            + f"`python -m analysis{''.join(' ' + a for a in exp.analysis)}` {analysis_s:.0f} s._")
 
 
 def seed_sets(exp: Experiment, sets: tuple[str, ...], reuse: bool) -> tuple[Path, str]:
