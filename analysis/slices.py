@@ -139,7 +139,9 @@ def findings(evidence) -> list[str]:
     if found:
         last = max(found, key=found.get)
         curve = _mean_by_rung(scores, last)
-        rows = scores[scores["metric"] == last].assign(metric="answer position")
+        rows = scores[scores["metric"] == last]
+        rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+        rows = rows.assign(metric="answer position")
         stats = summary.of_mean_curve(rows, "params")
         verdict = summary.sudden_or_smooth(stats[("answer position", "breakthroughness")])
         others = ", ".join(f"{m.rsplit('/', 1)[1]} at {x:,.0f}" for m, x in found.items()

@@ -481,6 +481,6 @@ def _top_rung_steps(table: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
     top = rows[rows["d_model"] == rows["d_model"].max()]
     if top.empty or not np.isfinite(top["value"].iloc[0]):
         return []
-    return [f"The largest model (d_model={top['d_model'].iloc[0]}) crosses it along training "
+    return [f"The largest model (d_model={top['d_model'].iloc[0]:g}) crosses it along training "
             f"at step {describe(top.iloc[0])}."]
 

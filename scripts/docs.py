@@ -2,7 +2,7 @@
 
     bash scripts/docs.sh                       # every experiment below (~40 min on 2 cores)
     bash scripts/docs.sh demo grokking_small   # some of them
-    bash scripts/docs.sh --reuse               # keep finished training runs, redo the analysis
+    bash scripts/docs.sh --reuse               # keep finished runs and their scores, redo the rest
     bash scripts/docs.sh demo --seed-sets 15-19 20-24   # the demo on other seed sets
 
 For each experiment: train it with `python -m train experiment=<name>` into
@@ -204,10 +204,15 @@ def train(exp: Experiment, run_dir: Path, reuse: bool, *overrides: str) -> dict:
     return info
 
 
-def analyse(exp: Experiment, run_dir: Path) -> tuple[Path, float]:
-    """`python -m analysis` on `run_dir` afresh: its output directory and the seconds it took."""
+def analyse(exp: Experiment, run_dir: Path, reuse: bool = False) -> tuple[Path, float]:
+    """`python -m analysis` on `run_dir` afresh (with `reuse`, keeping the checkpoints' scores,
+    which it extends incrementally): its output directory and the seconds it took."""
     out = run_dir / "analysis"
+    kept = (out / "scores.csv").read_bytes() if reuse and (out / "scores.csv").exists() else None
     shutil.rmtree(out, ignore_errors=True)
+    if kept is not None:
+        out.mkdir(parents=True)
+        (out / "scores.csv").write_bytes(kept)
     return out, timed([sys.executable, "-m", "analysis", str(run_dir), *exp.analysis],
                       run_dir / "docs.log")
 
@@ -230,7 +235,7 @@ def seed_sets(exp: Experiment, sets: tuple[str, ...], reuse: bool) -> tuple[Path
 
     def one(s: str) -> tuple[dict, Path, float]:
         info = train(exp, dirs[s], reuse, f"seed={seeds(s)}")
-        return (info, *analyse(exp, dirs[s]))
+        return (info, *analyse(exp, dirs[s], reuse))
 
     with ThreadPoolExecutor(len(sets)) as pool:  # each thread waits on its subprocesses
         done = dict(zip(sets, pool.map(one, sets), strict=True))
@@ -256,7 +261,7 @@ def document(exp: Experiment, reuse: bool, sets: tuple[str, ...] = ()) -> str:
     else:
         run_dir = RUNS / exp.name
         info = train(exp, run_dir, reuse)
-        out, analysis_s = analyse(exp, run_dir)
+        out, analysis_s = analyse(exp, run_dir, reuse)
         parts = [measured(exp, info, analysis_s), *sections((out / exp.report).read_text(),
                                                             exp.sections)]
     if exp.ladder_table:
