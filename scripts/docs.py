@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/docs.sh", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(names)}")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep training runs that finished; redo only the analysis")
+                        help="keep finished runs and their scores, resume the rest")
     parser.add_argument("--seed-sets", nargs="+", default=(), metavar="A-B",
                         help="train and analyse each named experiment on these disjoint seed "
                              "ranges (default: the experiment's own, e.g. demo's 0-4 5-9 10-14)")
