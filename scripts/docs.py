@@ -137,6 +137,30 @@ def ladder_table(scores: pd.DataFrame) -> str:
             + markdown_table(table.reset_index()))
 
 
+def method_table(outs: dict[str, Path], metrics=("eval/exact_match", "eval/token_accuracy",
+                                                 "eval/edit_distance")) -> str:
+    """Markdown: each seed set's sudden-or-smooth verdict against parameters by both ways of
+    summarizing seeds (analysis.summary.summarize's `over`): statistics of the seed-mean curve
+    with a bootstrap over seeds, and per-seed statistics with their t-interval."""
+    from analysis import summary
+
+    rows = []
+    for name, out in outs.items():
+        scores = pd.read_csv(out / "scores.csv")
+        scores = scores[scores["slice"] == "all"].drop(columns="slice")
+        scores = scores[scores["step"] == scores.groupby("run")["step"].transform("max")]
+        for over, label in (("mean", "seed-mean curve, bootstrap"),
+                            ("seeds", "per seed, t-interval (log)")):
+            table = summary.summarize(scores, over=over)
+            rows.append({"seeds": name, "statistics": label, **{
+                metric.removeprefix("eval/"): summary.sudden_or_smooth(summary.select(
+                    table, metric, "breakthroughness", "params").iloc[0]).replace(
+                        "breakthroughness ", "")
+                for metric in metrics}})
+    return ("Sudden or smooth against parameters, by each way of summarizing the seeds:\n\n"
+            + markdown_table(pd.DataFrame(rows)))
+
+
 def replace_block(text: str, name: str, block: str) -> str:
     """`text` with the lines between its markers for `name` replaced by `block`."""
     start, end = f"<!-- docs:{name} -->", f"<!-- /docs:{name} -->"
@@ -247,6 +271,7 @@ def seed_sets(exp: Experiment, sets: tuple[str, ...], reuse: bool) -> tuple[Path
         body = findings[0].split("\n", 1)[1] if findings else "(no findings)"
         parts += [f"**Seeds {s}** " + measured(exp, info, analysis_s, f" --seed-sets {s}"),
                   body]
+    parts.append(method_table({s: out for s, (_, out, _) in done.items()}))
     return done[sets[0]][1], "\n\n".join(parts)
 
 
