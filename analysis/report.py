@@ -142,11 +142,10 @@ def too_few_rungs(table: pd.DataFrame) -> str | None:
 
 def rules() -> str:
     """The rules the summary and the verdicts follow, from the constants that set them."""
-    return (f"Against size, every statistic is of the curve of seed means, with a "
-            f"{summary.BOOTSTRAP_INTERVAL}; along steps it is computed per seed, then averaged "
-            f"over the seeds that have one, with a {summary.INTERVAL} (Student's t on the "
-            f"per-seed values; for {', '.join(summary.LOG_SCALE)}, a ratio, on their "
-            "logarithms: geometric mean and interval; cut at zero for steps), "
+    return (f"Every statistic is computed per seed, then averaged over the seeds that have one; "
+            f"brackets give the {summary.INTERVAL} (Student's t on the per-seed values; for "
+            f"{', '.join(summary.LOG_SCALE)}, a ratio, on their logarithms: geometric mean and "
+            "interval; cut at zero for steps), "
             f"\"1 seed\" stands where there is no interval. Curve statistics need "
             f"{emergence.MIN_POINTS} distinct x values (rungs or evaluations); with fewer there "
             "is no number (with 3 rungs every monotone curve has linearity = breakthroughness "
@@ -228,23 +227,23 @@ def write_report(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
     if found:
         parts += ["## Findings", "\n".join(f"- {line}" for line in found)]
     parts += [
+        "## Runs",
         f"Runs: {len(runs)}; scored checkpoints: {checkpoints}. Tables: `scores.csv` (one row "
         "per run x checkpoint x metric), `summary.csv` (emergence statistics per series, "
-        "metric and statistic: value, interval, seeds, and why a value is missing).",
-        "## Runs",
-        "Coordinates and metrics at the last scored checkpoint.",
+        "metric and statistic: value, interval, seeds, and why a value is missing). "
+        "Coordinates and metrics at the last scored checkpoint:",
         markdown_table(runs_table(df, runs)),
     ]
     if len(sizes):
         parts += [
             "## Emergence across model sizes",
-            "Statistics of each metric against parameters at every run's last checkpoint, of "
-            "the curve of seed means (each rung's mean over its seeds): `transition` is the "
-            "parameter count where the metric crosses the middle of its range, `sharpness` its "
-            "largest change per decade, `linearity` and `breakthroughness` BIG-bench's "
-            "(Srivastava et al. 2022; breakthroughness is also Schaeffer et al. 2023's emergence "
-            "score). An exact metric with high breakthroughness beside a continuous one with "
-            f"high linearity is the metric mirage. Intervals: {summary.BOOTSTRAP_INTERVAL}.",
+            "Statistics of each metric against parameters at every run's last checkpoint, per "
+            "seed, then over seeds: `transition` is the parameter count where the metric "
+            "crosses the middle of its range, `sharpness` its largest change per decade, "
+            "`linearity` and `breakthroughness` BIG-bench's (Srivastava et al. 2022; "
+            "breakthroughness is also Schaeffer et al. 2023's emergence score). An exact metric "
+            "with high breakthroughness beside a continuous one with high linearity is the "
+            f"metric mirage. Intervals: {summary.INTERVAL}.",
             too_few_rungs(table) or markdown_table(sizes),
         ]
     note = fresh_data_note(df)

@@ -108,10 +108,9 @@ def errors_section(scores: pd.DataFrame, markdown_table,
         found = found.sort_values(["axis", "series", "value"], key=lambda c: c.map(
             {"params": 0, "flops": 1, "step": 2}) if c.name == "axis" else c)
         lines += ["", "Where exact match on each slice crosses the middle of its range "
-                  "(`transition`, as in `summary.csv`): against size, of the seed-mean curve "
-                  f"with a {summary.BOOTSTRAP_INTERVAL}; along steps, per run, then the mean "
-                  f"and {summary.INTERVAL} of each series (a model size and setting). A slice "
-                  "that crosses later is a sub-skill that appears later.", "",
+                  f"(`transition`, as in `summary.csv`): mean and {summary.INTERVAL} of each "
+                  "series (along steps, a model size and setting). A slice that crosses later "
+                  "is a sub-skill that appears later.", "",
                   markdown_table(found[["axis", "series", "slice", "transition"]])]
     return "\n".join(lines)
 

@@ -1,23 +1,25 @@
 """Emergence statistics over seeds: the tidy summary table, a way to read it, the verdicts and the
 findings they make.
 
-Against size (`params`, `flops`: each run's last checkpoint) every statistic of
-analysis.emergence is taken on the curve of seed means, each rung's mean over its seeds (as
-BIG-bench computed them on aggregate curves), with a 95% percentile interval over curves whose
-rungs average a resample of their own seeds (`of_mean_curve`): a seed that solves a rung early or
-fails one moves that rung by 1/n of its jump, where it moves a ratio computed per seed by
-factors. Along `step` every statistic is computed per run, then averaged over the seeds that have
-a value, with a 95% t-interval over them (`t_interval`; cut at zero for steps). summary.csv, one
-row per statistic:
+Every statistic of analysis.emergence is computed per seed (each seed's ladder of runs against
+parameters or FLOPs, each run's curve against steps), then averaged over the seeds that have a
+value, with a 95% t-interval over them (`t_interval`; on a log scale for ratios, cut at zero for
+steps). Against size, `summarize(..., over="mean")` instead takes each statistic of the curve of
+seed means with a bootstrap over the seeds of each rung (`of_mean_curve`), as BIG-bench computed
+them on aggregate curves. Measured on the demo ladder's seed sets 0-4 and 5-9
+(docs/experiments.md), the per-seed verdict on exact match held (sudden on both) where the
+mean-curve one did not: where seeds solve the task at different rungs, their mean is a
+staircase, not a step. summary.csv, one row per statistic:
 
 | column | meaning |
 |---|---|
 | run coordinates (task, n_layers, ...) | the series: what the statistic is of, up to the seed |
 | `axis` | `params`, `flops` (each run's last checkpoint) or `step` |
 | `metric`, `statistic` | e.g. `eval/exact_match`, `breakthroughness` |
-| `value` | of the seed-mean curve (size); the mean over seeds (steps; geometric for ratios) |
-| `low`, `high` | its 95% interval: bootstrap over seeds (size), t over seeds (steps) |
-| `n_seeds` | seeds with a value (size: the fewest of any rung) |
+| `value` | mean over the seeds that have a value (geometric mean for breakthroughness) |
+| `low`, `high` | the 95% t-interval of that mean (of the mean log for breakthroughness, a ratio |
+| | that varies over seeds by factors); empty with one seed |
+| `n_seeds` | seeds with a value |
 | `n_points` | distinct x values of the curve (rungs or evaluations), largest over seeds |
 | `note` | why there is no value ("3 rungs: too few for breakthroughness (needs 5)", |
 | | "none: ..."), or in how many seeds there is none |
@@ -134,7 +136,6 @@ def _wide(table: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 # Resamples of the seeds of each rung behind the interval of a statistic of the seed-mean curve.
 BOOTSTRAP = 500
-BOOTSTRAP_INTERVAL = "95% bootstrap interval (seeds resampled within each rung)"
 
 
 def of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dict]:
@@ -165,13 +166,13 @@ def of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dict
     return rows
 
 
-def summarize(df: pd.DataFrame, over: str = "mean") -> pd.DataFrame:
+def summarize(df: pd.DataFrame, over: str = "seeds") -> pd.DataFrame:
     """The summary table (module docstring) of a scores table (see analysis.runs.score).
 
     Along `params` and `flops`: each run's last checkpoint, one series per combination of the
-    coordinates that do not set the model's size or seed; `over="mean"` (the default) takes
-    each statistic of the seed-mean curve with a bootstrap interval (`of_mean_curve`),
-    `over="seeds"` each seed's statistic, then their mean and t-interval. Along `step`: one
+    coordinates that do not set the model's size or seed; `over="seeds"` (the default) takes
+    each seed's statistic, then their mean and t-interval, `over="mean"` each statistic of the
+    seed-mean curve with a bootstrap interval (`of_mean_curve`). Along `step`: one
     series per run configuration up to its seed, statistics per seed, then over seeds.
     Grokking's detectors run only on series whose runs have a finite training set, where the
     table says (its `finite_train_set` column, `mark_training_sets`)."""

@@ -556,8 +556,8 @@ def test_intervals_over_seeds_bracket_the_mean_of_the_per_seed_statistics():
 
 def test_size_statistics_are_of_the_seed_mean_curve_with_a_bootstrap_over_seeds():
     scores = synthetic_scores(seeds=(0, 1, 2), rungs=9)
-    row = summary.select(summary.summarize(scores), "eval/exact_match", "breakthroughness",
-                         axis="params").iloc[0]
+    row = summary.select(summary.summarize(scores, over="mean"), "eval/exact_match",
+                         "breakthroughness", axis="params").iloc[0]
     last = scores[(scores["step"] == 1000) & (scores["metric"] == "eval/exact_match")]
     mean = last.groupby("params")["value"].mean()
     assert row["value"] == pytest.approx(emergence.breakthroughness(mean.to_numpy()))

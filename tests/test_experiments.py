@@ -183,9 +183,9 @@ def test_exact_match_breaks_through_where_token_accuracy_improves_smoothly(addit
     exact, token = breakthroughness("eval/exact_match"), breakthroughness("eval/token_accuracy")
     edit = breakthroughness("eval/edit_distance")
     print(f"breakthroughness: exact match {exact}, token accuracy {token}, edit distance {edit}")
-    # Of the seed-mean curve, with a bootstrap over seeds. Measured (seeds 0-4): exact match
-    # 44.7 [29, 215], sudden (threshold 10); token accuracy 9.19 [4.86, 64.8] and edit distance
-    # -9.27 [-53.3, -5.23], unclear: every metric steps between d_model 20 and 24.
+    # Per seed, then over seeds. Measured (seeds 0-4): exact match 45.3 [20.9, 98.1], sudden
+    # (threshold 10); token accuracy 10.5 [1.38, 79.5] and edit distance -10.5 [-79.2, -1.38],
+    # unclear: every metric steps between d_model 20 and 24.
     assert exact.low > 10 and exact.value > max(token.value, abs(edit.value))
     verdicts = (addition_dir / "analysis" / "report.md").read_text().split("## Verdicts")[1]
     assert "eval/exact_match: sudden" in verdicts
