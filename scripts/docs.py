@@ -60,7 +60,9 @@ EXPERIMENTS = (
     # The main job: the addition ladder (addition_emergence_small) with checkpoints every 500
     # steps, on three disjoint seed sets.
     Experiment("demo", (*EMERGENCE, "Forecast of exact match"),
-               ("arithmetic_mirage", "arithmetic_exact_match_by_len_a", "forecast"),
+               ("arithmetic_mirage", "arithmetic_answer_positions",
+                "arithmetic_eval_exact_match_vs_step", "arithmetic_exact_match_by_len_a",
+                "forecast"),
                ("--forecast",), ladder_table=True,
                readme_figure={"arithmetic_mirage": "demo_mirage.png"},
                seed_sets=("0-4", "5-9", "10-14")),
