@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         df = llc_sweep.score_llc(runs, out, args.steps, args.last, args.llc_checkpoints,
                                  args.llc_refine, args.llc_workers, args.device)
     by_slice, df = df, df[df["slice"] == slices.ALL].drop(columns="slice")
+    df = summary.mark_training_sets(df, runs)
     table = summary.summarize(df)
     if len(boundaries := stages.summarize(df)):
         table = pd.concat([table, boundaries], ignore_index=True)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                   args.holdout + 2, forecast.rungs(df))
         return 1
     report = write_report(df, table, figures, runs, out, title=args.dir.resolve().name,
-                          sections=sections)
+                          sections=sections, by_slice=by_slice)
     if args.wandb != "disabled":
         log_to_wandb(df, table, figures, runs, out, group=args.dir.resolve().name,
                      mode=args.wandb)

@@ -27,7 +27,7 @@ from analysis.mechanistic import POSITION_PREFIX
 
 # Columns of the scores table that are not run coordinates (see analysis.runs.score).
 TABLE_COLUMNS = ("run", "params", "non_embedding_params", "step", "tokens", "flops", "metric",
-                 "value")
+                 "value", "finite_train_set")
 # Coordinates that set a model's size: they vary along the params and FLOPs axes.
 SIZE_COORDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "model")
 # Nanda et al.'s progress measures: restricted loss halves well before test accuracy moves.
@@ -234,7 +234,7 @@ def _too_few(n: int, unit: str, statistic: str) -> str:
     return f"{n} {unit}: too few for {statistic} (needs {MIN_POINTS})"
 
 
-def _across(x: np.ndarray, y: np.ndarray, unit: str) -> dict[str, tuple[float, str]]:
+def across(x: np.ndarray, y: np.ndarray, unit: str) -> dict[str, tuple[float, str]]:
     """transition, sharpness, linearity, breakthroughness of one curve; no number (and why)
     below MIN_POINTS distinct x: any monotone 3-point curve has breakthroughness sqrt 2."""
     x, y = _curve(x, y, log_x=False)
@@ -276,20 +276,23 @@ def _induction(x: np.ndarray, wide: pd.DataFrame) -> dict[tuple[str, str], tuple
     return stats
 
 
-def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], tuple[float, str]]:
+def curve_statistics(wide: pd.DataFrame, axis: str,
+                     finite: bool = True) -> dict[tuple[str, str], tuple[float, str]]:
     """{(metric, statistic): (value, why there is none)} for one curve: a table with one column
     per metric, indexed by the axis (`params`, `flops` or `step`). The reason is "" where there
-    is a value; a detector that finds nothing gives NaN and a reason starting "none"."""
+    is a value; a detector that finds nothing gives NaN and a reason starting "none". Grokking
+    and the progress measures only where the run has a `finite` training set: with fresh
+    problems every step there is nothing to memorize."""
     x = wide.index.to_numpy(dtype=float)
     unit = "evaluations" if axis == "step" else "rungs"
     stats = {(metric, name): value for metric in wide.columns
-             for name, value in _across(x, wide[metric], unit).items()}
+             for name, value in across(x, wide[metric], unit).items()}
     if axis != "step":
         return stats
     if "eval/loss" in wide.columns:
         for name, value in plateau_drop(x, wide["eval/loss"]).items():
             stats[("eval/loss", name)] = (value, "" if np.isfinite(value) else "none: no fall")
-    if {"train_eval/exact_match", "eval/exact_match"} <= set(wide.columns):
+    if finite and {"train_eval/exact_match", "eval/exact_match"} <= set(wide.columns):
         grok = grokking_steps(x, wide["train_eval/exact_match"], wide["eval/exact_match"])
         never = {"memorization_step": "none: train accuracy never reaches 0.99",
                  "generalization_step": "none: test accuracy never reaches 0.99",
@@ -297,8 +300,8 @@ def curve_statistics(wide: pd.DataFrame, axis: str) -> dict[tuple[str, str], tup
         for name, value in grok.items():
             stats[("eval/exact_match", name if name != "ratio" else "grokking_ratio")] = (
                 value, "" if np.isfinite(value) else never[name])
-    if {"restricted_loss", "excluded_loss", "train_eval/exact_match",
-            "eval/exact_match"} <= set(wide.columns):
+    if finite and {"restricted_loss", "excluded_loss", "train_eval/exact_match",
+                   "eval/exact_match"} <= set(wide.columns):
         for name, value in progress.lead(wide).items():
             if name in PROGRESS_EVENTS:
                 stats[("restricted_loss", name)] = (value, "" if np.isfinite(value) else (

@@ -306,3 +306,21 @@ def write(df: pd.DataFrame, answer_len: float, out, holdout: int = 2,
     figure(result[result["axis"] == "params"], steps).savefig(out / "figures" / "forecast.png",
                                                                dpi=120)
     return report_section(result, steps, "figures/forecast.png", markdown_table)
+
+
+def findings(evidence) -> list[str]:
+    """How the forecast of the held-out top rungs did (from forecast.csv, where it was made):
+    each method's largest error on exact match along parameters."""
+    path = Path(evidence.out) / "forecast.csv"
+    if not path.exists():
+        return []
+    result = pd.read_csv(path)
+    held = errors(result[result["axis"] == "params"])
+    if held.empty:
+        return []
+    misses = ", ".join(f"{r['method']} by {r['max_abs_error']:.2f}" for _, r in held.iterrows())
+    rungs = result.loc[result["held_out"] & (result["axis"] == "params"), "x"].nunique()
+    verdict = ("so the smooth per-token laws did not foresee it"
+               if held["max_abs_error"].min() > 0.25 else "close to what was measured")
+    return [f"Forecast of the top {rungs} rungs' exact match from the lower rungs' "
+            f"log-probabilities missed by at most: {misses} ({verdict})."]

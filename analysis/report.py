@@ -1,19 +1,25 @@
-"""The analysis report: a markdown file naming every run with its coordinates and final metrics,
-the emergence statistics over seeds (analysis.summary), the figures, and last the verdicts with
-the rules that decide them; optionally the same tables and figures in a wandb run with
-job_type="analysis".
+"""The analysis report: a markdown file that opens with its findings (sentences written from the
+statistics by each phenomenon's module, PHENOMENA), then names every run with its coordinates and
+final metrics, the emergence statistics over seeds (analysis.summary), the figures, and last the
+verdicts with the rules that decide them; optionally the same tables and figures in a wandb run
+with job_type="analysis".
+
+A phenomenon joins the report by one line in PHENOMENA: a module with `findings(evidence) ->
+list[str]` (its sentences for the Findings) and optionally `section(evidence) -> str | None` (a
+markdown section placed before the figures), both reading the `Evidence` of one analysis.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis import emergence, summary
+from analysis import emergence, forecast, slices, summary
 from analysis.runs import Run
 from analysis.stages import detect as stages
 
@@ -25,12 +31,50 @@ KEY_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
                "prefix_matching_max", "induction_loss", "weight_norm", "fourier_top_fraction")
 # Phenomenon modules with a report section and findings of their own: section(df, table, out)
 # and findings(table).
-PHENOMENA = (stages,)
 STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
 EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", "restricted_halved_step",
           "lead_steps", "lead_evaluations", "excluded_ratio", "phase_change_step",
           "phase_change_largest_fall", "phase_change_required_fall", "head_formation_step",
           "coincides_with_prefix_matching", "drop_start", "drop_end", "abruptness")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one analysis has found, for the phenomena's findings and sections: the scores
+    (analysis.runs.score, slice `all`), the summary (analysis.summary.summarize), the scores on
+    every slice (None without slices), the runs, and the output directory (forecast.csv,
+    summary.csv, figures/ are there once written)."""
+
+    scores: pd.DataFrame
+    summary: pd.DataFrame
+    by_slice: pd.DataFrame | None
+    runs: list[Run]
+    out: Path
+
+
+# The phenomena whose findings open the report, in this order.
+PHENOMENA = (summary, slices, forecast, stages)
+
+
+def findings(evidence: Evidence) -> list[str]:
+    """Every phenomenon's sentences, in PHENOMENA's order."""
+    return [line for module in PHENOMENA for line in module.findings(evidence)]
+
+
+def phenomenon_sections(evidence: Evidence) -> list[str]:
+    """The sections of the phenomena that write one."""
+    found = [getattr(module, "section", lambda _: None)(evidence) for module in PHENOMENA]
+    return [text for text in found if text]
+
+
+def fresh_data_note(df: pd.DataFrame) -> str | None:
+    """Why there is no grokking statistic, where runs train on fresh problems every step."""
+    if "finite_train_set" not in df or df["finite_train_set"].all():
+        return None
+    fresh = df.loc[~df["finite_train_set"].astype(bool), "run"].nunique()
+    return (f"No grokking or memorization statistics for the {fresh} runs that train on fresh "
+            "problems every step: there is no finite training set to memorize, so train and "
+            "test accuracy measure the same thing.")
 
 
 def _cell(value) -> str:
@@ -104,7 +148,7 @@ def rules() -> str:
     return (f"Every statistic is computed per seed, then averaged over the seeds that have one; "
             f"brackets give the {summary.INTERVAL} (Student's t on the per-seed values; for "
             f"{', '.join(summary.LOG_SCALE)}, a ratio, on their logarithms: geometric mean and "
-            "interval), "
+            "interval; cut at zero for steps), "
             f"\"1 seed\" stands where there is no interval. Curve statistics need "
             f"{emergence.MIN_POINTS} distinct x values (rungs or evaluations); with fewer there "
             "is no number (with 3 rungs every monotone curve has linearity = breakthroughness "
@@ -170,21 +214,27 @@ def causal_section(df: pd.DataFrame) -> str | None:
 
 
 def write_report(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
-                 runs: list[Run], out: str | Path, title: str, sections=()) -> Path:
+                 runs: list[Run], out: str | Path, title: str, sections=(),
+                 by_slice: pd.DataFrame | None = None) -> Path:
     """Write `<out>/report.md`; figure links are relative to it. `table`: the summary
-    (analysis.summary.summarize). `sections`: more markdown sections (e.g. the forecast),
-    placed before the figures; the verdicts come last."""
+    (analysis.summary.summarize). It opens with the Findings (PHENOMENA's sentences);
+    `sections`: more markdown sections (e.g. the forecast), placed before the figures with the
+    phenomena's own; the verdicts come last."""
     out = Path(out)
+    evidence = Evidence(df, table, by_slice, runs, out)
     sizes = statistics_table(table, "params", STATISTICS, prefix="eval/")
     events = statistics_table(table, "step", EVENTS, wide=False)
     checkpoints = df[["run", "step"]].drop_duplicates().shape[0] if len(df) else 0
-    parts = [
-        f"# Analysis: {title}",
+    parts = [f"# Analysis: {title}"]
+    found = findings(evidence)
+    if found:
+        parts += ["## Findings", "\n".join(f"- {line}" for line in found)]
+    parts += [
+        "## Runs",
         f"Runs: {len(runs)}; scored checkpoints: {checkpoints}. Tables: `scores.csv` (one row "
         "per run x checkpoint x metric), `summary.csv` (emergence statistics per series, "
-        "metric and statistic: mean over seeds, interval, seeds, and why a value is missing).",
-        "## Runs",
-        "Coordinates and metrics at the last scored checkpoint.",
+        "metric and statistic: value, interval, seeds, and why a value is missing). "
+        "Coordinates and metrics at the last scored checkpoint:",
         markdown_table(runs_table(df, runs)),
     ]
     if len(sizes):
@@ -199,28 +249,29 @@ def write_report(df: pd.DataFrame, table: pd.DataFrame, figures: list[Path],
             f"metric mirage. Intervals: {summary.INTERVAL}.",
             too_few_rungs(table) or markdown_table(sizes),
         ]
-    if len(events):
+    note = fresh_data_note(df)
+    if len(events) or note:
         parts += ["## Events during training",
                   "Per run, then over seeds. Grokking: first steps where train and test accuracy "
                   "reach 0.99. Induction: the phase change of the loss on the repeat (rule under "
                   "Verdicts), the step where an induction head forms, and whether they "
                   "coincide (the share of seeds). Plateau and drop (Barak et al. 2022) of the "
                   "eval loss: `abruptness` is the plateau's length in units of the drop's, far "
-                  "above 1 for a sudden drop.",
-                  markdown_table(events)]
-        if "restricted_loss" in set(events["metric"]):
+                  "above 1 for a sudden drop. Steps cannot be negative: their t-intervals are "
+                  "cut at zero.", *([note] if note else []),
+                  *([markdown_table(events)] if len(events) else [])]
+        if len(events) and "restricted_loss" in set(events["metric"]):
             parts.insert(-1, "Progress measures (Nanda et al. 2023): `restricted_halved_step` is "
                          "the first checkpoint after memorization where restricted loss is "
                          "below half its memorization-time value, `lead_steps` and "
                          "`lead_evaluations` how long before test accuracy reaches 0.95, and "
                          "`excluded_ratio` excluded loss there over its memorization-time "
                          "value (above 1: memorization alone explains less).")
-    parts += list(sections) + [s for m in PHENOMENA if (s := m.section(df, table, out))]
+    parts += list(sections) + phenomenon_sections(evidence)
     if figures:
         parts.append("## Figures")
         parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
-    found = [*summary.verdicts(table), *(f for m in PHENOMENA for f in m.findings(table))
-             ] if len(table) else []
+    found = summary.verdicts(table) if len(table) else []
     if found:
         parts += ["## Verdicts", rules(), "\n".join(f"- {line}" for line in found)]
     path = out / "report.md"

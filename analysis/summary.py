@@ -1,8 +1,15 @@
-"""Emergence statistics over seeds: the tidy summary table, a way to read it, and the verdicts.
+"""Emergence statistics over seeds: the tidy summary table, a way to read it, the verdicts and the
+findings they make.
 
 Every statistic of analysis.emergence is computed per seed (each seed's ladder of runs against
 parameters or FLOPs, each run's curve against steps), then averaged over the seeds that have a
-value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per statistic:
+value, with a 95% t-interval over them (`t_interval`; on a log scale for ratios, cut at zero for
+steps). Against size, `summarize(..., over="mean")` instead takes each statistic of the curve of
+seed means with a bootstrap over the seeds of each rung (`of_mean_curve`), as BIG-bench computed
+them on aggregate curves. Measured on the demo ladder's seed sets 0-4 and 5-9
+(docs/experiments.md), the per-seed verdict on exact match held (sudden on both) where the
+mean-curve one did not: where seeds solve the task at different rungs, their mean is a
+staircase, not a step. summary.csv, one row per statistic:
 
 | column | meaning |
 |---|---|
@@ -20,7 +27,8 @@ value, with a 95% t-interval over them (`t_interval`). summary.csv, one row per 
 Read one statistic with `estimate(summary, "eval/exact_match", "breakthroughness")`, which
 returns (value, low, high); coordinates narrow it, e.g. `n_layers=2`. The transition of exact
 match on each slice of the eval set (`slice_transitions`) is there too, as metric
-`eval/exact_match@<slice>`: which sub-skill appears at which size or step.
+`eval/exact_match@<slice>`: which sub-skill appears at which size or step. `findings` turns the
+summary into the report's opening sentences.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from analysis import emergence
 from analysis.emergence import (
     PER_HEAD_PREFIX,
     PER_POSITION_PREFIX,
@@ -97,10 +106,21 @@ def log_t_interval(values) -> dict[str, float]:
 LOG_SCALE = ("breakthroughness",)
 
 
+# Statistics that cannot be negative (steps, x values, a plateau's length in drops): their
+# t-interval is cut at zero. The true mean lies in the range, so the cut interval covers it as
+# often as the whole one does, and never names an impossible value.
+NON_NEGATIVE = ("transition", "memorization_step", "generalization_step", "grokking_ratio",
+                "restricted_halved_step", "phase_change_step", "phase_change_start",
+                "phase_change_end", "head_formation_step", "drop_start", "drop_end",
+                "abruptness")
+
+
 def _over_seeds(per_seed: list[tuple[float, str]], statistic: str = "") -> dict:
     """One summary row's value, interval and note from each seed's (value, why none)."""
     over = log_t_interval if statistic in LOG_SCALE else t_interval
     interval = over([value for value, _ in per_seed])
+    if statistic in NON_NEGATIVE and interval["low"] < 0:
+        interval["low"] = 0.0
     missing = [why for value, why in per_seed if np.isnan(value)]
     note = missing[0] if missing else ""
     if missing and interval["n"]:
@@ -114,12 +134,50 @@ def _wide(table: pd.DataFrame, axis: str) -> pd.DataFrame:
     return table.pivot_table(index=axis, columns="metric", values="value", aggfunc="mean")
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+# Resamples of the seeds of each rung behind the interval of a statistic of the seed-mean curve.
+BOOTSTRAP = 500
+
+
+def of_mean_curve(series: pd.DataFrame, axis: str) -> dict[tuple[str, str], dict]:
+    """Each curve statistic of the seed-mean curve (every rung's mean over its seeds, as
+    BIG-bench computed them on aggregate curves), with a percentile interval over BOOTSTRAP
+    curves whose rungs each average a resample of their own seeds. A seed that solves a rung
+    early or fails one moves the mean by 1/n of its jump, where it can move a ratio computed
+    per seed by factors."""
+    unit = "rungs"
+    rng = np.random.default_rng(0)
+    rows = {}
+    for metric, table in series.groupby("metric"):
+        by_x = [group["value"].to_numpy(dtype=float) for _, group in table.groupby(axis)]
+        x = np.array(sorted(table[axis].unique()), dtype=float)
+        stats = emergence.across(x, np.array([v.mean() for v in by_x]), unit)
+        draws = [emergence.across(x, np.array([rng.choice(v, len(v)).mean() for v in by_x]),
+                                  unit) for _ in range(BOOTSTRAP)]
+        for name, (value, why) in stats.items():
+            boot = np.array([d[name][0] for d in draws])
+            boot = boot[~np.isnan(boot)]
+            spread = len(boot) and not np.isnan(value) and min(len(v) for v in by_x) > 1
+            # nearest, not interpolated: a draw can be inf (all steps but one flat)
+            low, high = (np.percentile(boot, [2.5, 97.5], method="nearest") if spread
+                         else (np.nan, np.nan))
+            rows[(metric, name)] = {"value": value, "low": float(low), "high": float(high),
+                                    "n_seeds": min(len(v) for v in by_x), "note": why,
+                                    "n_points": len(x)}
+    return rows
+
+
+def summarize(df: pd.DataFrame, over: str = "seeds") -> pd.DataFrame:
     """The summary table (module docstring) of a scores table (see analysis.runs.score).
 
     Along `params` and `flops`: each run's last checkpoint, one series per combination of the
-    coordinates that do not set the model's size or seed. Along `step`: one series per run
-    configuration up to its seed."""
+    coordinates that do not set the model's size or seed; `over="seeds"` (the default) takes
+    each seed's statistic, then their mean and t-interval, `over="mean"` each statistic of the
+    seed-mean curve with a bootstrap interval (`of_mean_curve`). Along `step`: one
+    series per run configuration up to its seed, statistics per seed, then over seeds.
+    Grokking's detectors run only on series whose runs have a finite training set, where the
+    table says (its `finite_train_set` column, `mark_training_sets`)."""
+    if over not in ("mean", "seeds"):
+        raise ValueError(f"over={over!r}: expected 'mean' or 'seeds'")
     df = df[~df["metric"].str.startswith((PER_HEAD_PREFIX, PER_POSITION_PREFIX))]
     coords = [c for c in df.columns if c not in TABLE_COLUMNS]
     last = df[df["step"] == df.groupby("run")["step"].transform("max")]
@@ -129,20 +187,53 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         keys = [c for c in coords if c not in exclude and c != "seed"]
         groups = table.groupby(keys, dropna=False) if keys else [((), table)]
         for key, series in groups:
-            key = key if isinstance(key, tuple) else (key,)
+            key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+            if axis != "step" and over == "mean":
+                rows += [{**key, "axis": axis, "metric": metric, "statistic": statistic, **row}
+                         for (metric, statistic), row in of_mean_curve(series, axis).items()]
+                continue
+            finite = ("finite_train_set" not in series
+                      or bool(series["finite_train_set"].all()))
             seeds = series.groupby("seed", dropna=False) if "seed" in series else [(0, series)]
             curves = [_wide(s, axis) for _, s in seeds]
-            per_seed = [curve_statistics(curve, axis) for curve in curves]
+            per_seed = [curve_statistics(curve, axis, finite) for curve in curves]
             n_points = max(curve.index.nunique() for curve in curves)
             names = dict.fromkeys(name for stats in per_seed for name in stats)
             for metric, statistic in names:
                 values = [stats.get((metric, statistic), (float("nan"), "not measured"))
                           for stats in per_seed]
-                rows.append({**dict(zip(keys, key, strict=True)), "axis": axis,
-                             "metric": metric, "statistic": statistic,
+                rows.append({**key, "axis": axis, "metric": metric, "statistic": statistic,
                              **_over_seeds(values, statistic), "n_points": n_points})
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [c for row in rows for c in row if c not in COLUMNS]), *COLUMNS])
+
+
+def mark_training_sets(df: pd.DataFrame, runs) -> pd.DataFrame:
+    """`df` with a `finite_train_set` column: whether each run trains on a finite set (a pool,
+    a train fraction) that it could memorize, or on fresh problems every step; runs whose task
+    cannot be built are left unknown (and measured)."""
+    from analysis.runs import BAD_ITEM  # runs load models and tasks; the rest here is pure
+
+    finite = {}
+    for run in runs:
+        try:
+            finite[run.name] = run.task().train_set() is not None
+        except BAD_ITEM:
+            continue
+    return df.assign(finite_train_set=df["run"].map(finite).fillna(True).astype(bool))
+
+
+def solved_share(df: pd.DataFrame, metric: str = "eval/exact_match",
+                 threshold: float = 0.5) -> pd.DataFrame:
+    """Per series and rung at each run's last checkpoint: the share of seeds whose `metric`
+    reaches `threshold` (`solved`) and the number of seeds (`n`)."""
+    rows = df[df["metric"] == metric]
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    keys = [c for c in rows.columns if c not in TABLE_COLUMNS and c != "seed"
+            and c not in SIZE_COORDS and rows[c].nunique(dropna=False) > 1]
+    return (rows.assign(solved=rows["value"] >= threshold)
+            .groupby([*keys, "params"], dropna=False)["solved"]
+            .agg(solved="mean", n="count").reset_index())
 
 
 def slice_transitions(by_slice: pd.DataFrame, metric: str = "eval/exact_match") -> pd.DataFrame:
@@ -181,8 +272,10 @@ def estimate(summary: pd.DataFrame, metric: str, statistic: str, axis: str | Non
 
 
 def _number(value: float) -> str:
-    """3 significant digits; steps and parameter counts from 1,000 on in full."""
-    return f"{value:,.0f}" if np.isfinite(value) and abs(value) >= 1000 else f"{value:.3g}"
+    """3 significant digits; steps and parameter counts from 1,000 to 10 million in full."""
+    if np.isfinite(value) and 1000 <= abs(value) < 1e7:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def describe(row, seeds: bool = True) -> str:
@@ -299,3 +392,96 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
         if grokking:
             lines.append(f"{series}: {grokking}")
     return lines
+
+
+# --- findings: the report's opening sentences -------------------------------------------------
+
+READABLE = {"eval/exact_match": "exact match", "eval/token_accuracy": "token accuracy",
+            "eval/edit_distance": "edit distance", "eval/answer_logprob": "answer log-probability",
+            "eval/brier": "Brier score"}
+
+
+AXIS_NAMES = {"params": "parameters", "flops": "training FLOPs", "step": "steps"}
+MIN_STEPS = 5  # evaluations a curve along steps needs for its transition
+
+
+def seeds_to_decide(row) -> str:
+    """Where a verdict is unclear: about how many more seeds would move the interval off the
+    threshold if it narrowed as 1/sqrt(seeds) around the same value; "" where that estimate
+    would not be honest (the value at the threshold, or more than four times the seeds)."""
+    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
+    value, half = abs(row["value"]), (row["high"] - row["low"]) / 2
+    distance, n = abs(value - threshold), row["n_seeds"]
+    if not (np.isfinite(half) and distance > 0 and n > 1):
+        return ""
+    needed = int(np.ceil(n * (half / distance) ** 2))
+    if needed > 4 * n:
+        return ("; the value sits so near the threshold that no affordable number of seeds "
+                "would decide it at this spread")
+    return f"; about {needed - n:.0f} more seeds per rung would decide it at this spread"
+
+
+def _verdict_sentence(row) -> str:
+    verdict = sudden_or_smooth(row)
+    word = verdict.split(" ", 1)[0]
+    name = READABLE.get(row["metric"], row["metric"])
+    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
+    if word == "no":
+        return f"{name.capitalize()}: {verdict}."
+    text = {"sudden": "improves suddenly with size", "smooth": "improves smoothly with size",
+            "unclear": "is unclear between sudden and smooth"}[word]
+    return (f"{name.capitalize()} {text}: breakthroughness {describe(row)} against the "
+            f"threshold {threshold:.3g} ({SUDDEN_FACTOR:g} x a straight line's over "
+            f"{row['n_points']:.0f} rungs)" + (seeds_to_decide(row) if word == "unclear" else "")
+            + ".")
+
+
+def findings(evidence) -> list[str]:
+    """Per series with several sizes: a sentence per verdict, where exact match's transition
+    lies (parameters, FLOPs, and steps for the largest model), and which rungs the seeds
+    solved."""
+    table, lines = evidence.summary, []
+    if table is None or table.empty:
+        return lines
+    labels = series_labels(table)
+    sizes = (table["axis"] == "params") & (table["n_points"] > 1)
+    verdicts = table[sizes & (table["statistic"] == "breakthroughness")
+                     & table["metric"].isin(VERDICT_METRICS)]
+    for series in dict.fromkeys(labels[verdicts.index]):
+        prefix = "" if series == "all runs" else f"{series}: "
+        rows = verdicts[labels[verdicts.index] == series]
+        lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
+        crossing = table[(labels == series) & (table["metric"] == "eval/exact_match")
+                         & (table["statistic"] == "transition") & table["value"].notna()]
+        where = [f"{describe(r, seeds=False)} {AXIS_NAMES[r['axis']]}"
+                 for _, r in crossing.iterrows() if r["axis"] in ("params", "flops")]
+        if where:
+            lines.append(prefix + "Exact match crosses the middle of its range at "
+                         + " and ".join(where) + ".")
+    if evidence.scores is not None and len(evidence.scores):
+        lines += _solved(evidence.scores)
+        lines += _top_rung_steps(table, evidence.scores)
+    return lines
+
+
+def _solved(scores: pd.DataFrame) -> list[str]:
+    share = solved_share(scores)
+    if share.empty or share["params"].nunique() < 2:
+        return []
+    cells = ", ".join(f"{int(r['params']):,}: {round(r['solved'] * r['n']):.0f}/{r['n']:.0f}"
+                      for _, r in share.iterrows())
+    return [f"Seeds that solved each rung (exact match >= 0.5 at the last checkpoint; "
+            f"parameters: solved/seeds): {cells}."]
+
+
+def _top_rung_steps(table: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
+    """Where the largest model's exact match crosses mid-range along steps."""
+    rows = select(table, "eval/exact_match", "transition", "step")
+    if rows.empty or "d_model" not in rows or scores["step"].nunique() < MIN_STEPS:
+        return []
+    top = rows[rows["d_model"] == rows["d_model"].max()]
+    if top.empty or not np.isfinite(top["value"].iloc[0]):
+        return []
+    return [f"The largest model (d_model={top['d_model'].iloc[0]:g}) crosses it along training "
+            f"at step {describe(top.iloc[0])}."]
+

@@ -539,7 +539,7 @@ def test_summarize_reports_each_statistic_per_metric_and_axis_over_seeds():
 
 def test_intervals_over_seeds_bracket_the_mean_of_the_per_seed_statistics():
     scores = synthetic_scores(seeds=(0, 1, 2), rungs=9)
-    table = summary.summarize(scores)
+    table = summary.summarize(scores, over="seeds")
     row = summary.select(table, "eval/exact_match", "breakthroughness", axis="params").iloc[0]
     last = scores[(scores["step"] == 1000) & (scores["metric"] == "eval/exact_match")]
     per_seed = [emergence.breakthroughness(s.sort_values("params")["value"])
@@ -552,6 +552,23 @@ def test_intervals_over_seeds_bracket_the_mean_of_the_per_seed_statistics():
                 for _, s in last.groupby("seed")]
     assert transition["value"] == pytest.approx(np.mean(per_seed))  # an arithmetic mean
     assert (row["n_seeds"], row["n_points"]) == (3, 9)
+
+
+def test_size_statistics_are_of_the_seed_mean_curve_with_a_bootstrap_over_seeds():
+    scores = synthetic_scores(seeds=(0, 1, 2), rungs=9)
+    row = summary.select(summary.summarize(scores, over="mean"), "eval/exact_match",
+                         "breakthroughness", axis="params").iloc[0]
+    last = scores[(scores["step"] == 1000) & (scores["metric"] == "eval/exact_match")]
+    mean = last.groupby("params")["value"].mean()
+    assert row["value"] == pytest.approx(emergence.breakthroughness(mean.to_numpy()))
+    assert row["low"] < row["value"] < row["high"]
+    assert (row["n_seeds"], row["n_points"]) == (3, 9)
+
+
+def test_a_step_statistic_never_gets_a_negative_bound():
+    interval = summary._over_seeds([(50.0, ""), (60.0, ""), (2000.0, "")], "drop_start")
+    assert interval["low"] == 0.0 < interval["value"] < interval["high"]
+    assert summary.t_interval([50.0, 60.0, 2000.0])["low"] < 0  # what the t-interval says
 
 
 def test_a_ratio_statistic_is_summarized_on_a_log_scale_so_one_large_seed_stays_positive():
@@ -754,7 +771,8 @@ def test_cli_scores_a_sweep_writes_report_and_rescoring_is_incremental(
         line = next(line for line in report.splitlines() if line.startswith(row))
         assert f"| {d_model} |" in line
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert "modular_mirage.png" in figures and "modular_grokking_0.png" in figures
+    assert "modular_mirage.png" in figures  # a grokking figure per series (here one run each)
+    assert "modular_grokking_d_model_16_weight_decay_0.png" in figures
     assert all(f"figures/{name}" in report for name in figures)
     assert str(out / "report.md") in capsys.readouterr().out
 

@@ -174,7 +174,7 @@ def test_stage_boundaries_are_summarized_over_seeds_with_an_interval():
     assert table[table["statistic"] == "kind_1"]["value"].iloc[0] == 1  # peaks
     none = detect.summarize(_curves({0: None}))
     assert none[none["statistic"] == "boundaries"]["value"].iloc[0] == 0
-    assert "none" in detect.findings(none)[0]
+    assert "none" in detect.sentences(none)[0]
 
 
 def test_an_unhealthy_estimate_is_left_out_of_the_curve_and_said():
@@ -184,7 +184,7 @@ def test_an_unhealthy_estimate_is_left_out_of_the_curve_and_said():
     table = detect.summarize(df)
     peak = table[table["statistic"] == "boundary_1"]["value"].iloc[0]
     assert peak == pytest.approx(100) or peak == pytest.approx(400)
-    (line,) = detect.findings(table)
+    (line,) = detect.sentences(table)
     assert "14% of estimates unhealthy" in line
     fig = detect.figure(df, table)
     (ax,) = fig.axes

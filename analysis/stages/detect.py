@@ -150,7 +150,12 @@ def _same_series(table: pd.DataFrame, row) -> pd.Series:
     return same
 
 
-def findings(table: pd.DataFrame) -> list[str]:
+def findings(evidence) -> list[str]:
+    """The report's Findings: `sentences` of the analysis' summary."""
+    return sentences(evidence.summary)
+
+
+def sentences(table: pd.DataFrame) -> list[str]:
     """One sentence per series with LLC estimates: its stage boundaries over seeds, and the
     events of the same series beside them."""
     table = table.reset_index(drop=True)
@@ -232,10 +237,11 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def section(df: pd.DataFrame, table: pd.DataFrame, out) -> str | None:
+def section(evidence) -> str | None:
     """The report's "Developmental stages" section (None without LLC estimates); saves its
     figure as `<out>/figures/llc_stages.png`."""
-    lines = findings(table)
+    df, table, out = evidence.scores, evidence.summary, evidence.out
+    lines = sentences(table)
     if not lines:
         return None
     parts = ["## Developmental stages",
