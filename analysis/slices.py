@@ -9,12 +9,15 @@ partition the set; an attribute with a single value is left out (its one slice i
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from torch import Tensor
 
 from analysis import metrics
 from analysis.evaluate import Outputs
+
+if TYPE_CHECKING:  # pandas is imported where tables are built, not by training
+    import pandas as pd
 
 ALL = "all"
 
@@ -51,6 +54,8 @@ def by_slice(out: Outputs, attributes: dict[str, Tensor], names=None,
 
 def table(out: Outputs, attributes: dict[str, Tensor], names=None) -> pd.DataFrame:
     """One row per slice (`all` first): attribute, value, count of examples, every metric."""
+    import pandas as pd
+
     rows = [{"slice": ALL, "attribute": ALL, "value": None, "count": len(out.mask),
              **metrics.compute(out)}]
     for name, rows_in in masks(attributes, names).items():
@@ -75,6 +80,8 @@ def key(metric: str, name: str) -> str:
 def worst(scores: pd.DataFrame, metric: str = "eval/exact_match", n: int = 8) -> pd.DataFrame:
     """The `n` slices with the lowest `metric` at the largest model's last scored step (mean
     over its runs, e.g. seeds), beside the whole set: where the errors of the best model are."""
+    import pandas as pd
+
     rows = scores[scores["metric"] == metric]
     if rows.empty or (rows["slice"] == ALL).all():
         return pd.DataFrame()

@@ -468,3 +468,16 @@ def test_config_changes_name_what_a_resumed_run_may_not_change():
     old = {"model": {"d_model": 16}, "optim": {"lr": 1e-3}, "wandb": {"mode": "offline"}}
     new = {"model": {"d_model": 32}, "optim": {"lr": 1e-3}, "wandb": {"mode": "disabled"}}
     assert config_changes(old, new) == ["model.d_model: 16 -> 32"]
+
+
+def test_the_training_process_loads_neither_matplotlib_nor_pandas():
+    """Every training process, on a cluster node too, imports only what training needs; the
+    analysis package still hands out its plotting and table entries on first use."""
+    code = ("import sys, train.loop, train.__main__\n"
+            "print(sorted(m for m in ('matplotlib', 'pandas', 'analysis.runs', 'analysis.plots')"
+            " if m in sys.modules))\n"
+            "from analysis import load_runs, plots, score\n"
+            "print(load_runs.__name__, score.__module__, plots.__name__, 'pandas' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.splitlines()
+    assert found == ["[]", "find_runs analysis.runs analysis.plots True"]
