@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,7 +19,6 @@ from safetensors.torch import load_file, save
 
 from models.config import GPTConfig
 from models.gpt import GPT
-from models.layout import write_atomic
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -51,7 +51,13 @@ def save_model(model: GPT, path: str | Path, metadata: dict | None = None) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Bytes first, then one plain write: a full disk is an OSError (ENOSPC), not a library's.
-    write_atomic(path, safetensors_bytes(tensors, header))
+    data, tmp = safetensors_bytes(tensors, header), path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader, or a kill at any moment, sees the old or the new file
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 import tasks
-from models import GPTConfig, layout
+from analysis import layout
+from models import GPTConfig
 from train import checkpoint, ensemble
 from train.config import Config, check_buildable
 from train.log import is_eval_step, is_log_step

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from models import layout
+from analysis import layout
 from train import checkpoint
 from train.config import Config
 from train.log import is_log_step, resume_metrics, spans

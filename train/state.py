@@ -29,8 +29,8 @@ from einops import rearrange
 from torch import Tensor
 
 import tasks
-from analysis import scoring
-from models import GPT, GPTConfig, layout, load_model
+from analysis import layout, scoring
+from models import GPT, GPTConfig, load_model
 from models.gpt import param_kind
 from train import checkpoint
 from train.config import Config, OptimConfig

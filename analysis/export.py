@@ -1,6 +1,6 @@
 """Export a phaselab checkpoint as a Hugging Face transformers model directory.
 
-`python -m models.export RUN_DIR [--step N] --to hf OUT_DIR` writes config.json,
+`python -m analysis.export RUN_DIR [--step N] --to hf OUT_DIR` writes config.json,
 model.safetensors and a tokenizer.json over the task's vocabulary, so
 `AutoModelForCausalLM.from_pretrained(OUT_DIR)` and `AutoTokenizer.from_pretrained(OUT_DIR)`
 open it, and so does every tool built on them (TransformerLens's `TransformerBridge`, nnsight).
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from analysis.layout import HYDRA_CONFIG, is_ensemble, is_member
 from models.config import GPTConfig
 from models.gpt import GPT
-from models.layout import HYDRA_CONFIG, is_ensemble, is_member
 
 
 def layout(cfg: GPTConfig) -> str:
@@ -314,7 +314,7 @@ def to_bridge(model: GPT, vocab: list[str] | None = None, sep: str = " "):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="python -m analysis.export", description=__doc__.split(
         "\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (holding .hydra/ and checkpoints/)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
