@@ -268,8 +268,8 @@ def native_bridge(model: GPT, tokenizer):
     """A TransformerBridge over TransformerLens's native architecture holding `model`'s
     weights: the route for every variant, including those no HF layout represents."""
     from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-    from transformer_lens.model_bridge.sources.native.model import NativeModel
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native import NativeModel
 
     cfg = model.cfg
     tl_cfg = TransformerBridgeConfig.from_dict({
