@@ -198,7 +198,7 @@ def _rows(run: Run, step: int, model, meta: dict, scores: dict[str, float]) -> p
                          for k, v in scores.items() for metric, part in [slices.split_key(k)]])
 
 
-SCORES_COLUMNS = ("run", "step", "metric", "value")
+SCORES_COLUMNS = ("run", "step", "metric", "value", "slice")
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
@@ -223,8 +223,6 @@ def read_scores(csv: Path) -> pd.DataFrame:
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:  # EmptyDataError too
         log.warning("%s is damaged (%s): scoring every checkpoint again to rebuild it", csv, e)
         return pd.DataFrame()
-    if len(table) and "slice" not in table:  # written before metrics were sliced
-        table["slice"] = slices.ALL
     return table
 
 

@@ -73,17 +73,6 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def fuse_attention_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights saved with separate `attn.q` and `attn.kv` projections (checkpoints written
-    before they were fused) -> the `attn.qkv` layout: rows q, then k and v."""
-    out = dict(tensors)
-    for key in [k for k in tensors if ".attn.q." in k]:
-        kv = key.replace(".attn.q.", ".attn.kv.")
-        if kv in out:
-            out[key.replace(".attn.q.", ".attn.qkv.")] = torch.cat([out.pop(key), out.pop(kv)])
-    return out
-
-
 def config_differences(saved: GPTConfig, expect: GPTConfig) -> list[str]:
     """`field saved != expected` for each field `expect` sets (d_vocab and n_ctx may be None)
     that the saved config does not share."""
@@ -113,7 +102,7 @@ def load_model(
     with torch.device(device):
         model = GPT(cfg)
     try:
-        model.load_state_dict(fuse_attention_keys(tensors), strict=True)
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ValueError(f"checkpoint {path} does not match its config: {e}") from e
     return model, meta

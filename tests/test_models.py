@@ -1,7 +1,6 @@
 """Tests for models/: the GPT's forward paths, counts, init, muP, ladder and checkpoints."""
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -9,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 from models import (
     GPT,
@@ -431,27 +429,6 @@ def test_save_load_round_trip(tmp_path, overrides):
         assert torch.equal(p, q), name
     torch.testing.assert_close(loaded(tokens()), model(tokens()), atol=0, rtol=0)
     assert [f.name for f in path.parent.iterdir()] == ["model.safetensors"]
-
-
-@pytest.mark.parametrize("overrides", [{}, {"bias": False, "pos": "rotary"}])
-def test_checkpoint_with_separate_q_and_kv_projections_loads(tmp_path, overrides):
-    # The layout checkpoints had before the projections were fused: attn.q [d_attn, d_model]
-    # and attn.kv [2 d_attn, d_model] (keys, then values), with their biases.
-    model = build(**overrides)
-    old = {}
-    for key, value in model.state_dict().items():
-        if ".attn.qkv." in key:
-            q, kv = value.split([value.shape[0] // 3, 2 * value.shape[0] // 3])
-            old[key.replace("qkv", "q")], old[key.replace("qkv", "kv")] = q, kv
-        else:
-            old[key] = value
-    assert "blocks.1.attn.kv.weight" in old and "blocks.1.attn.qkv.weight" not in old
-    path = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in old.items()}, str(path),
-              metadata={"config": json.dumps(dataclasses.asdict(model.cfg))})
-    loaded, _ = load_model(path)
-    torch.testing.assert_close(loaded(tokens()), model(tokens()), atol=0, rtol=0)
-    torch.testing.assert_close(loaded(tokens(), start=CTX - 2), model(tokens(), start=CTX - 2))
 
 
 def test_load_with_different_expected_config_names_the_field(tmp_path):

@@ -45,7 +45,8 @@ import tasks
 from analysis import layout
 from models import GPT
 from train.config import Config
-from train.state import RunState, compiled, masked_cross_entropy
+from train.state import RunState
+from train.step import compiled, masked_cross_entropy
 
 ENSEMBLE_KEYS = ("train.ensemble", "train.ensemble_lr", "train.ensemble_weight_decay")
 
