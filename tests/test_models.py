@@ -1,5 +1,6 @@
 """Tests for models/: the GPT's forward paths, counts, init, muP, ladder and checkpoints."""
 
+import ast
 import dataclasses
 import math
 from pathlib import Path
@@ -487,3 +488,24 @@ def test_bf16_autocast_on_cuda(overrides):
     logits.float().sum().backward()
     torch.testing.assert_close(logits.float(), reference[:, 4:], atol=0.1, rtol=0.05)
     torch.testing.assert_close(cached.float(), reference, atol=0.1, rtol=0.05)
+
+
+# Each package, and what of the project it may import: models/ and tasks/ nothing, analysis/
+# those two, train/ all three.
+MAY_IMPORT = {"models": set(), "tasks": set(), "analysis": {"models", "tasks"},
+              "train": {"models", "tasks", "analysis"}}
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_imports_point_one_way(package):
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in (root / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {(path.name, a.name.split(".")[0]) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add((path.name, node.module.split(".")[0]))
+    wrong = sorted((f, m) for f, m in found if m in MAY_IMPORT and m != package
+                   and m not in MAY_IMPORT[package])
+    assert not wrong, f"{package}/ imports {wrong}"
