@@ -4,7 +4,8 @@ of an ensemble (a plain run is the one-run case).
 `open_runs` seeds each run, builds or resumes its model, optimizer, schedule, data generator and
 statistics, and opens its directory and logger; `RunState.record`, `save` and `finish` write its
 metrics.jsonl records, checkpoints and summary.json. What computes a step (train/loop.py's
-update of one model, or train/ensemble.py's batched update of N) is the only part that differs.
+update of one model, or train/ensemble.py's batched update of N, both built from train/step.py)
+is the only part that differs.
 
 An ensemble resumes from the newest step at which every member holds state.pt: its members save
 one after another, so a kill between two writes leaves them a step apart, and the older state is
