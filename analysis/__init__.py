@@ -9,24 +9,33 @@
 
 `evaluate` and `metrics.compute` are also what the training loop calls every eval interval, so
 scores in metrics.jsonl and in the analysis tables agree.
+
+The names below are imported on first use (PEP 562): the training process imports
+`analysis.scoring` and `analysis.layout` without paying for matplotlib and pandas.
 """
 
-from analysis import emergence, mechanistic, metrics, plots, summary
-from analysis.evaluate import Outputs, evaluate
-from analysis.runs import Run, find_runs, score
+import importlib
 
-load_runs = find_runs
+from analysis.evaluate import Outputs, evaluate  # light (torch only), and shadows the module
 
-__all__ = [
-    "Outputs",
-    "Run",
-    "emergence",
-    "evaluate",
-    "find_runs",
-    "load_runs",
-    "mechanistic",
-    "metrics",
-    "plots",
-    "score",
-    "summary",
-]
+_MODULES = ("emergence", "mechanistic", "metrics", "plots", "summary")
+_NAMES = {"Run": "analysis.runs", "find_runs": "analysis.runs", "score": "analysis.runs",
+          "load_runs": "analysis.runs"}
+_RENAMED = {"load_runs": "find_runs"}
+
+__all__ = ["Outputs", "Run", "emergence", "evaluate", "find_runs", "load_runs", "mechanistic",
+           "metrics", "plots", "score", "summary"]
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f"analysis.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), _RENAMED.get(name, name))
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

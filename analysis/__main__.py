@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis import forecast, plots, slices, summary, transfer
+from analysis import forecast, plots, slices, subskills, summary, transfer
 from analysis.report import causal_section, log_to_wandb, markdown_table, write_report
 from analysis.runs import Run, find_runs, score, write_csv
 from analysis.stages import detect as stages
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(pd.concat([table, per_slice]), out / "summary.csv")
     figures = plots.make_figures(df, runs, out / "figures")
     figures += plots.slice_figures(by_slice, out / "figures")
-    sections = [s for s in [slices.errors_section(by_slice, markdown_table, per_slice),
+    sections = [s for s in [subskills.errors_section(by_slice, markdown_table, per_slice),
                             causal_section(df), skipped_section(runs)] if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])
     if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):

@@ -19,12 +19,15 @@ scores of one checkpoint; `lead` reads them along training; `draw` adds them to 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:  # pandas is imported where tables are read, not by training
+    import pandas as pd
 
 N_KEY = 5  # Nanda et al. find about five key frequencies
 
@@ -120,6 +123,8 @@ def lead(curve: pd.DataFrame, memorized: float = 0.99, generalized: float = 0.95
     its memorization-time value, the first step test accuracy reaches `generalized`, the lead
     between the two in steps and in evaluations, and excluded loss at the halving step relative
     to its memorization-time value. NaN where an event does not happen."""
+    import pandas as pd
+
     curve = curve.sort_index()
     nan = {k: math.nan for k in ("memorization_step", "restricted_halved_step",
                                  "generalization_step", "lead_steps", "lead_evaluations",

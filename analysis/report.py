@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis import emergence, forecast, slices, summary
+from analysis import emergence, forecast, subskills, summary
 from analysis.runs import Run
 from analysis.stages import detect as stages
 
@@ -53,7 +53,7 @@ class Evidence:
 
 
 # The phenomena whose findings open the report, in this order.
-PHENOMENA = (summary, slices, forecast, stages)
+PHENOMENA = (summary, subskills, forecast, stages)
 
 
 def findings(evidence: Evidence) -> list[str]:

@@ -1,6 +1,6 @@
 """Find training runs on disk, load their checkpoints, and score them into one tidy table.
 
-The run directory (its layout: models/layout.py) is the only input: `.hydra/config.yaml` (and
+The run directory (its layout: analysis/layout.py) is the only input: `.hydra/config.yaml` (and
 `overrides.yaml`), `metrics.jsonl`, `checkpoints/step_NNNNNNN/model.safetensors`,
 `summary.json`. Scoring and some figures load checkpoints through `Run` and run the models;
 the statistics and tables built from the scores table are pure functions of it.
@@ -8,7 +8,7 @@ the statistics and tables built from the scores table are pure functions of it.
 A bad item (an unreadable config, a run without checkpoints, a corrupt checkpoint) is logged as
 one warning naming its path and skipped, so the other runs are still scored; the checkpoints
 skipped are kept in `Run.skipped` for the report. Every checkpoint is checked against its
-manifest (models/layout.py) before it is loaded. scores.csv is written atomically, and a damaged
+manifest (analysis/layout.py) before it is loaded. scores.csv is written atomically, and a damaged
 one is rebuilt from the checkpoints.
 """
 
@@ -29,8 +29,7 @@ from tqdm import tqdm
 
 import models
 import tasks
-from analysis import scoring, slices
-from models import layout
+from analysis import layout, scoring, slices
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def _override_coords(config: DictConfig, overrides: list[str]) -> dict:
     such as `model=small` as written) and named by its last key component (`optim.lr` -> `lr`),
     or in full where that name is a base coordinate's. One that names a base coordinate's key
     (`model.d_model`), whose full name is taken too (`task=modular`), or that is no coordinate
-    (`models.layout.NOT_COORDINATES`: wandb.*, hydra.*, experiment, threads, ...) adds nothing."""
+    (`analysis.layout.NOT_COORDINATES`: wandb.*, hydra.*, experiment, threads, ...) adds nothing."""
     taken = dict(BASE_COORDS)
     coords = {}
     for override in overrides:
@@ -199,7 +198,7 @@ def _rows(run: Run, step: int, model, meta: dict, scores: dict[str, float]) -> p
                          for k, v in scores.items() for metric, part in [slices.split_key(k)]])
 
 
-SCORES_COLUMNS = ("run", "step", "metric", "value")
+SCORES_COLUMNS = ("run", "step", "metric", "value", "slice")
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
@@ -224,8 +223,6 @@ def read_scores(csv: Path) -> pd.DataFrame:
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:  # EmptyDataError too
         log.warning("%s is damaged (%s): scoring every checkpoint again to rebuild it", csv, e)
         return pd.DataFrame()
-    if len(table) and "slice" not in table:  # written before metrics were sliced
-        table["slice"] = slices.ALL
     return table
 
 

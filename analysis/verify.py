@@ -4,7 +4,7 @@
 
 For each run (a directory with run.json, `.hydra/config.yaml` or checkpoints/; an ensemble's
 members are runs):
-- every checkpoint against its manifest (sha256 of each file, models/layout.py), and the step
+- every checkpoint against its manifest (sha256 of each file, analysis/layout.py), and the step
   its manifest, meta.json and weights name against its directory's;
 - the model config saved in the weights against the run's config (run.json), and the run's
   coordinates in `.hydra/config.yaml`, which analysis reads, against run.json's;
@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from models import layout
+from analysis import layout
 from models.config import GPTConfig
 from models.io import config_differences, read_metadata
 

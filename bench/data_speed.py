@@ -14,7 +14,7 @@ import torch
 import tasks
 from bench.timing import interleaved, median, table
 from models import GPT, GPTConfig
-from train.state import masked_cross_entropy
+from train.step import masked_cross_entropy
 
 BATCHES = (64, 1024)
 SMALLEST = {"d_model": 64, "n_layers": 2, "n_heads": 2}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from models.layout import METRICS
+from analysis.layout import METRICS
 
 STEPS = ("pytest", "train", "score", "bench")
 # The ladder point: 3-digit addition at d_model 64, 2 layers; float32 eager is the reference.

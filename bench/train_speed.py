@@ -9,7 +9,7 @@ architecture in a few lines: fused qkv, causal SDPA), the eager ceiling to beat.
 Face model is `GPT2LMHeadModel` with `attn_implementation="sdpa"` and
 `activation_function="gelu"`: its default tanh GELU ("gelu_new") alone costs ~40% on CPU and
 would flatter us. Two comparisons with the reference: the model alone (every side with the
-same torch AdamW), and the whole step as each sets it up (phaselab: train.state.adamw, as the
+same torch AdamW), and the whole step as each sets it up (phaselab: train.step.adamw, as the
 loop builds it; the reference: AdamW fused on CUDA only, as nanoGPT does). Achieved FLOP/s
 counts `flops_per_token` (Kaplan et al. 2020's 6N + attention; the unembedding is left out) and
 is quoted against a measured matmul peak (float32 on CPU, bfloat16 on GPU).
@@ -30,7 +30,7 @@ from bench.reference_gpt import ReferenceGPT
 from bench.timing import interleaved, matmul_peak, median, speedup, table, timed
 from models import GPT, GPTConfig
 from train.config import OptimConfig
-from train.state import adamw
+from train.step import adamw
 
 # d_model, n_layers, n_heads, n_ctx, batch: the smallest rung of addition_emergence_small, then
 # d_head 32 at the ladder's sizes.
@@ -165,7 +165,7 @@ def main(quick: bool, device: torch.device) -> str:
         f"median of paired ratios, every side interleaved in one process (order reversed every "
         f"other round). ours/ref (model): every side with torch's AdamW "
         f"({'fused' if cuda else 'not fused'}), i.e. the models alone; ours/ref (step): "
-        f"phaselab's step with the AdamW its loop builds (train.state.adamw, fused on CPU and "
+        f"phaselab's step with the AdamW its loop builds (train.step.adamw, fused on CPU and "
         f"CUDA) against the reference's as nanoGPT builds it (fused on CUDA only). "
         f"Matmul peak measured here: {peak / 1e9:.3g} GFLOP/s "
         f"({'bfloat16' if cuda else 'float32'}). Compile time: first compiled step minus a "

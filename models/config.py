@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ACTS = ("gelu", "relu")
-NORMS = ("layernorm", "rmsnorm", "none")
-POSITIONS = ("learned", "rotary", "none")
-PARAMETRIZATIONS = ("standard", "mup")
+# The allowed values of each string field, checked by `validate` (a short refusal naming the
+# key and these values; an Enum under Hydra would refuse in a longer message of its own).
+CHOICES = {"act": ("gelu", "relu"), "norm": ("layernorm", "rmsnorm", "none"),
+           "pos": ("learned", "rotary", "none"), "parametrization": ("standard", "mup")}
 
 
 @dataclass
@@ -41,8 +41,7 @@ class GPTConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field (`model.<field>`) and the rule."""
-        choices = {"act": ACTS, "norm": NORMS, "pos": POSITIONS}
-        for name, allowed in {**choices, "parametrization": PARAMETRIZATIONS}.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,7 +19,6 @@ from safetensors.torch import load_file, save
 
 from models.config import GPTConfig
 from models.gpt import GPT
-from models.layout import write_atomic
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -51,7 +51,13 @@ def save_model(model: GPT, path: str | Path, metadata: dict | None = None) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Bytes first, then one plain write: a full disk is an OSError (ENOSPC), not a library's.
-    write_atomic(path, safetensors_bytes(tensors, header))
+    data, tmp = safetensors_bytes(tensors, header), path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader, or a kill at any moment, sees the old or the new file
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -65,17 +71,6 @@ def read_metadata(path: str | Path) -> dict:
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"checkpoint {path} has no model config in its metadata")
     return meta
-
-
-def fuse_attention_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights saved with separate `attn.q` and `attn.kv` projections (checkpoints written
-    before they were fused) -> the `attn.qkv` layout: rows q, then k and v."""
-    out = dict(tensors)
-    for key in [k for k in tensors if ".attn.q." in k]:
-        kv = key.replace(".attn.q.", ".attn.kv.")
-        if kv in out:
-            out[key.replace(".attn.q.", ".attn.qkv.")] = torch.cat([out.pop(key), out.pop(kv)])
-    return out
 
 
 def config_differences(saved: GPTConfig, expect: GPTConfig) -> list[str]:
@@ -107,7 +102,7 @@ def load_model(
     with torch.device(device):
         model = GPT(cfg)
     try:
-        model.load_state_dict(fuse_attention_keys(tensors), strict=True)
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ValueError(f"checkpoint {path} does not match its config: {e}") from e
     return model, meta

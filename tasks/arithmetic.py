@@ -24,6 +24,7 @@ them. The out-of-distribution set has both operands exactly ood_digits long.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import einops
@@ -40,13 +41,11 @@ from tasks.base import (
     stream_generator,
 )
 
-OPS = {"add": "+", "mul": "*"}
-
 
 @dataclass
 class ArithmeticConfig:
     kind: str = "arithmetic"
-    op: str = "add"  # add | mul
+    op: str = "add"  # a key of OPS: add | mul
     digits: int = 3  # longest operand
     min_digits: int | None = None  # None: operands uniform in [0, 10^digits)
     reverse_answer: bool = False  # answer least significant digit first
@@ -82,11 +81,6 @@ class ArithmeticConfig:
         """Number of distinct operand pairs in the training distribution."""
         shortest = 10 ** (self.min_digits - 1) if self.min_digits and self.min_digits > 1 else 0
         return (10**self.digits - shortest) ** 2
-
-
-def answer_width(op: str, digits: int) -> int:
-    """Most digits a sum or product of two `digits`-digit numbers has."""
-    return digits + 1 if op == "add" else 2 * digits
 
 
 def propagate_carry(columns: Tensor) -> Tensor:
@@ -134,6 +128,21 @@ def nonzero_columns(a: Tensor, b: Tensor) -> Tensor:
     return (partial_products(a, b) != 0).sum(1)
 
 
+@dataclass(frozen=True)
+class Op:
+    """An arithmetic operation: what the task needs of it, in one place."""
+
+    symbol: str  # its token
+    digits: Callable[[Tensor, Tensor], Tensor]  # operand digits [n, w] x2 -> answer digits
+    width: Callable[[int], int]  # most answer digits for operands of that many digits
+    attribute: str  # the slice attribute that measures how hard a problem is (the main one)
+    difficulty: Callable[[Tensor, Tensor], Tensor]  # operand digits -> that attribute [n]
+
+
+OPS = {"add": Op("+", add_digits, lambda w: w + 1, "carries", carries),
+       "mul": Op("*", mul_digits, lambda w: 2 * w, "nonzero_columns", nonzero_columns)}
+
+
 def significant_length(digits: Tensor) -> Tensor:
     """[n, w] digits, least significant first -> [n] count without leading zeros (at least 1)."""
     place = torch.arange(1, digits.shape[1] + 1, device=digits.device)
@@ -161,14 +170,15 @@ class Arithmetic(Task):
         super().__init__(device)
         self.cfg = cfg
         self.vocab = [*"0123456789", "+", "*", "=", "$", "_"]  # a digit's token id is its value
-        self.op_token = self.vocab.index(OPS[cfg.op])
+        self.op = OPS[cfg.op]
+        self.op_token = self.vocab.index(self.op.symbol)
         self.eq_token, self.stop_token, self.pad_token = (self.vocab.index(s) for s in "=$_")
         widest = max(cfg.digits, cfg.ood_digits or 0)  # one layout fits the ood set too
         self.prompt_len = 2 * widest + 2
-        self.answer_len = answer_width(cfg.op, widest) + 1
+        self.answer_len = self.op.width(widest) + 1
         self.seq_len = self.prompt_len + self.answer_len - 1
         self.loss_start = self.prompt_len - 1
-        self.main_attribute = "carries" if cfg.op == "add" else "nonzero_columns"
+        self.main_attribute = self.op.attribute
 
         self.build_fixed_sets(cfg.seed, cfg.test_fraction, cfg.eval_size, cfg.train_size,
                               cfg.problems())
@@ -205,7 +215,7 @@ class Arithmetic(Task):
         """Problems [n, 2w] (digits of a then b, least significant first) -> a Batch."""
         cfg = self.cfg
         a, b = problems.chunk(2, dim=1)
-        answer = add_digits(a, b) if cfg.op == "add" else mul_digits(a, b)
+        answer = self.op.digits(a, b)
         a, a_valid = self.written(a, cfg.reverse_operands)
         b, b_valid = self.written(b, cfg.reverse_operands)
         answer, answer_valid = self.written(answer, cfg.reverse_answer)
@@ -224,11 +234,9 @@ class Arithmetic(Task):
         """Operand lengths `len_a`, `len_b`, the answer's `answer_len` (digits, without leading
         zeros) and `carries` (add) or `nonzero_columns` (mul)."""
         a, b = problems.chunk(2, dim=1)
-        add = self.cfg.op == "add"
-        answer = add_digits(a, b) if add else mul_digits(a, b)
         return {"len_a": significant_length(a), "len_b": significant_length(b),
-                "answer_len": significant_length(answer),
-                self.main_attribute: carries(a, b) if add else nonzero_columns(a, b)}
+                "answer_len": significant_length(self.op.digits(a, b)),
+                self.op.attribute: self.op.difficulty(a, b)}
 
     def written(self, digits: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
         """Digits (least significant first) in writing order, and which of them are written."""

@@ -22,7 +22,7 @@ if "interop" in os.environ.get("PHASELAB_EXTRAS", ""):
 else:
     transformers = pytest.importorskip(
         "transformers", reason='needs the interop extra: pip install -e ".[interop]"')
-from models.export import export_hf, export_run, layout, to_bridge  # noqa: E402
+from analysis.export import export_hf, export_run, layout, to_bridge  # noqa: E402
 
 VOCAB = [str(i) for i in range(10)] + ["+", "=", "ab"]
 BASE = dict(d_vocab=len(VOCAB), n_ctx=12, d_model=32, n_layers=2, d_head=8, d_mlp=48)
@@ -138,12 +138,12 @@ def test_nnsight_reads_phaselab_patterns(tmp_path):
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "models.export", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "analysis.export", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_cli_exports_a_trained_run_that_transformers_opens(demo_dir, tmp_path):
-    """`python -m models.export RUN --step N --to hf OUT` on a run that `python -m train` wrote:
+    """`python -m analysis.export RUN --step N --to hf OUT` on a run that `python -m train` wrote:
     transformers' Auto classes give the checkpoint's logits and the task's tokens."""
     (run,) = find_runs(demo_dir)
     assert run.checkpoints() == [0, 10, 20]

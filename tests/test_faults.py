@@ -36,8 +36,8 @@ from test_train import (
     weights,
 )
 
+from analysis import layout
 from analysis.runs import score
-from models import layout
 from train.log import resume_metrics
 from train.loop import run
 

@@ -1,7 +1,7 @@
 """Tests for models/: the GPT's forward paths, counts, init, muP, ladder and checkpoints."""
 
+import ast
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 from models import (
     GPT,
@@ -433,27 +432,6 @@ def test_save_load_round_trip(tmp_path, overrides):
     assert [f.name for f in path.parent.iterdir()] == ["model.safetensors"]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"bias": False, "pos": "rotary"}])
-def test_checkpoint_with_separate_q_and_kv_projections_loads(tmp_path, overrides):
-    # The layout checkpoints had before the projections were fused: attn.q [d_attn, d_model]
-    # and attn.kv [2 d_attn, d_model] (keys, then values), with their biases.
-    model = build(**overrides)
-    old = {}
-    for key, value in model.state_dict().items():
-        if ".attn.qkv." in key:
-            q, kv = value.split([value.shape[0] // 3, 2 * value.shape[0] // 3])
-            old[key.replace("qkv", "q")], old[key.replace("qkv", "kv")] = q, kv
-        else:
-            old[key] = value
-    assert "blocks.1.attn.kv.weight" in old and "blocks.1.attn.qkv.weight" not in old
-    path = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in old.items()}, str(path),
-              metadata={"config": json.dumps(dataclasses.asdict(model.cfg))})
-    loaded, _ = load_model(path)
-    torch.testing.assert_close(loaded(tokens()), model(tokens()), atol=0, rtol=0)
-    torch.testing.assert_close(loaded(tokens(), start=CTX - 2), model(tokens(), start=CTX - 2))
-
-
 def test_load_with_different_expected_config_names_the_field(tmp_path):
     path = tmp_path / "model.safetensors"
     save_model(build(d_model=32), path)
@@ -510,3 +488,24 @@ def test_bf16_autocast_on_cuda(overrides):
     logits.float().sum().backward()
     torch.testing.assert_close(logits.float(), reference[:, 4:], atol=0.1, rtol=0.05)
     torch.testing.assert_close(cached.float(), reference, atol=0.1, rtol=0.05)
+
+
+# Each package, and what of the project it may import: models/ and tasks/ nothing, analysis/
+# those two, train/ all three.
+MAY_IMPORT = {"models": set(), "tasks": set(), "analysis": {"models", "tasks"},
+              "train": {"models", "tasks", "analysis"}}
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_imports_point_one_way(package):
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in (root / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {(path.name, a.name.split(".")[0]) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add((path.name, node.module.split(".")[0]))
+    wrong = sorted((f, m) for f, m in found if m in MAY_IMPORT and m != package
+                   and m not in MAY_IMPORT[package])
+    assert not wrong, f"{package}/ imports {wrong}"

@@ -26,10 +26,9 @@ import yaml
 from test_faults import KEEP_ALL, crashed_copy, snapshot, train_finished
 from test_train import ROOT, TINY, assert_same_weights, cli, read, records, train, weights
 
-from analysis import verify
+from analysis import layout, verify
 from analysis.__main__ import main as analyse
 from analysis.runs import score
-from models import layout
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +429,7 @@ def test_verify_is_a_command_that_does_not_import_train(analysed):
 
 def test_export_without_the_interop_extra_names_it(analysed, tmp_path):
     result = python("import sys; sys.modules['transformers'] = None\n"
-                    "from models.export import main; main(sys.argv[1:])",
+                    "from analysis.export import main; main(sys.argv[1:])",
                     str(analysed), "--to", "hf", str(tmp_path / "hf"))
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: transformers is not installed; export needs the "

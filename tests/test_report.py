@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import tasks
-from analysis import plots, report, slices, summary
+from analysis import plots, report, subskills, summary
 from analysis.mechanistic import POSITION_PREFIX
 
 STEPS = np.array([0, 250, 500, 1000, 1500, 2000, 2500, 3000])
@@ -211,7 +211,7 @@ def test_a_phenomenon_joins_the_findings_and_sections_with_one_line(tmp_path, mo
 def test_the_slice_transition_table_names_each_rows_series():
     df = scores_table(30)
     table = summary.slice_transitions(by_slice(df))
-    text = slices.errors_section(by_slice(df), report.markdown_table, table)
+    text = subskills.errors_section(by_slice(df), report.markdown_table, table)
     rows = text.split("crosses later is a sub-skill that appears later.")[1]
     assert rows.strip().startswith("| axis | series | slice | transition |")
     assert "| step | d_model=32 | len_a=1 |" in rows

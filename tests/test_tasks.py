@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import tasks
-from tasks.arithmetic import ArithmeticConfig, answer_width
+from tasks.arithmetic import OPS, ArithmeticConfig
 from tasks.base import EVAL_SIZE, unique_rows
 from tasks.induction import InductionConfig
 from tasks.modular import ModularConfig
@@ -86,7 +86,7 @@ def test_arithmetic_answers_equal_python_integers(options, seed):
             assert max(a, b) < 10 ** max(cfg.digits, cfg.ood_digits or 0)
             if cfg.zero_pad:  # operands padded to their set's width, the answer to its widest
                 a, b, c = re.split(r"[+*=]", text.rstrip("$"))
-                assert len(a) == len(b) and len(c) == answer_width(cfg.op, len(a))
+                assert len(a) == len(b) and len(c) == OPS[cfg.op].width(len(a))
 
 
 def test_arithmetic_worked_example_formats():

@@ -26,12 +26,12 @@ from safetensors.torch import load_file
 import tasks
 from analysis.evaluate import evaluate
 from analysis.metrics import compute
-from models import GPT, GPTConfig, load_model
+from models import load_model
 from train.checkpoint import Preemption, is_checkpoint_step
 from train.config import CheckpointConfig, OptimConfig, register
 from train.loop import run
 from train.run_dir import config_changes
-from train.state import adamw, fuse_attention_moments, lr_factor, masked_cross_entropy
+from train.step import lr_factor, masked_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["addition", "multiplication", "induction", "associative_recall", "modular", "parity"]
@@ -389,39 +389,6 @@ def test_the_host_sync_guard_catches_a_loss_read_in_a_step(tmp_path, monkeypatch
 # --- pieces ----------------------------------------------------------------------------------
 
 
-def test_an_optimizer_state_saved_with_separate_q_and_kv_loads_into_the_fused_model():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(d_vocab=16, n_ctx=8, d_model=16, n_layers=2, n_heads=2))
-    optimizer = adamw(model, OptimConfig(), torch.device("cpu"))
-    model(torch.randint(16, (4, 8))).sum().backward()
-    optimizer.step()
-    fused = optimizer.state_dict()
-    # The same state as saved before the fusion: q's moments, then kv's, where qkv's are now.
-    name_of = {id(p): name for name, p in model.named_parameters()}
-    old, index = {"state": {}, "param_groups": []}, 0
-    for group, saved in zip(optimizer.param_groups, fused["param_groups"], strict=True):
-        ids = []
-        for p, i in zip(group["params"], saved["params"], strict=True):
-            moments = fused["state"][i]
-            rows = [slice(None)]
-            if ".attn.qkv." in name_of[id(p)]:
-                rows = [slice(0, p.shape[0] // 3), slice(p.shape[0] // 3, None)]
-            for part in rows:
-                old["state"][index] = {key: value[part] if key.startswith("exp_avg") else value
-                                       for key, value in moments.items()}
-                ids.append(index)
-                index += 1
-        old["param_groups"].append({**saved, "params": ids})
-    assert index == len(list(model.parameters())) + 2 * 2  # per layer, one more weight and bias
-    resumed = adamw(model, OptimConfig(), torch.device("cpu"))
-    resumed.load_state_dict(fuse_attention_moments(old, model))
-    again = resumed.state_dict()
-    assert again["param_groups"] == fused["param_groups"]
-    for i, moments in fused["state"].items():
-        for key, value in moments.items():
-            assert torch.equal(again["state"][i][key], value), (i, key)
-
-
 def test_checkpoint_schedule_is_log_spaced_then_periodic_plus_the_last():
     cfg = CheckpointConfig(log_spaced_until=512, every=1000)
     steps = [s for s in range(3001) if is_checkpoint_step(s, 2500, cfg)]
@@ -468,3 +435,16 @@ def test_config_changes_name_what_a_resumed_run_may_not_change():
     old = {"model": {"d_model": 16}, "optim": {"lr": 1e-3}, "wandb": {"mode": "offline"}}
     new = {"model": {"d_model": 32}, "optim": {"lr": 1e-3}, "wandb": {"mode": "disabled"}}
     assert config_changes(old, new) == ["model.d_model: 16 -> 32"]
+
+
+def test_the_training_process_loads_neither_matplotlib_nor_pandas():
+    """Every training process, on a cluster node too, imports only what training needs; the
+    analysis package still hands out its plotting and table entries on first use."""
+    code = ("import sys, train.loop, train.__main__\n"
+            "print(sorted(m for m in ('matplotlib', 'pandas', 'analysis.runs', 'analysis.plots')"
+            " if m in sys.modules))\n"
+            "from analysis import load_runs, plots, score\n"
+            "print(load_runs.__name__, score.__module__, plots.__name__, 'pandas' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.splitlines()
+    assert found == ["[]", "find_runs analysis.runs analysis.plots True"]

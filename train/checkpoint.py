@@ -5,7 +5,7 @@ by `models.save_model`), `meta.json` (step, tokens, flops, and the metrics.jsonl
 since the previous checkpoint, from which a damaged metrics.jsonl is rebuilt), in the newest
 checkpoint only unless `checkpoint.keep_state=all`, `state.pt`: optimizer, scheduler, every RNG,
 the data generator and the loop's counters, everything a resumed run needs to continue bitwise
-as if it had never stopped, and last `manifest.json` (models/layout.py: the sha256 of each
+as if it had never stopped, and last `manifest.json` (analysis/layout.py: the sha256 of each
 file). A checkpoint is written under `checkpoints/.tmp-step_...` and renamed into place, so a
 directory named `step_*` is always complete; leftovers of a crash are removed.
 
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import layout, save_model
+from analysis import layout
+from models import save_model
 from train.config import CheckpointConfig
 from train.log import write_error
 

@@ -22,11 +22,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from analysis import scoring
 from models import GPT, GPTConfig
 
-SCHEDULES = ("cosine", "constant", "linear")
-KEEP_STATE = ("last", "all")
-WANDB_MODES = ("offline", "online", "disabled")
-DTYPES = ("auto", "float32", "bfloat16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The allowed values of each string setting, checked in __post_init__ (a short refusal naming
+# the key and these values; an Enum under Hydra would refuse in a longer message of its own).
+CHOICES = {
+    "optim.schedule": ("cosine", "constant", "linear"),
+    "checkpoint.keep_state": ("last", "all"),
+    "wandb.mode": ("offline", "online", "disabled"),
+    "dtype": ("auto", "float32", "bfloat16"),
+    "compile": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+}
 
 
 def _check(ok: bool, key: str, value: object, rule: str) -> None:
@@ -38,8 +42,8 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, key, value, f"must be one of {', '.join(allowed)}")
+def _check_choice(key: str, value: str) -> None:
+    _check(value in CHOICES[key], key, value, f"must be one of {', '.join(CHOICES[key])}")
 
 
 @dataclass
@@ -101,7 +105,7 @@ class OptimConfig:
                self.betas, "must be two numbers in [0, 1)")
         _check(_finite(self.eps) and self.eps > 0, "optim.eps", self.eps,
                "must be finite and > 0")
-        _check_choice("optim.schedule", self.schedule, SCHEDULES)
+        _check_choice("optim.schedule", self.schedule)
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio,
                "must be in [0, 1]")
@@ -121,7 +125,7 @@ class CheckpointConfig:
                self.log_spaced_until, "must be >= 0")
         _check(self.every is None or self.every > 0, "checkpoint.every", self.every,
                "must be > 0, or null")
-        _check_choice("checkpoint.keep_state", self.keep_state, KEEP_STATE)
+        _check_choice("checkpoint.keep_state", self.keep_state)
 
 
 @dataclass
@@ -134,7 +138,7 @@ class WandbConfig:
     name: str | None = None  # None = wandb's generated name
 
     def __post_init__(self) -> None:
-        _check_choice("wandb.mode", self.mode, WANDB_MODES)
+        _check_choice("wandb.mode", self.mode)
 
 
 @dataclass
@@ -158,9 +162,9 @@ class Config:
     def __post_init__(self) -> None:
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                "device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check(isinstance(self.compile, bool) or self.compile in COMPILE_MODES, "compile",
-               self.compile, f"must be true, false or one of {', '.join(COMPILE_MODES)}")
+        _check_choice("dtype", self.dtype)
+        _check(isinstance(self.compile, bool) or self.compile in CHOICES["compile"], "compile",
+               self.compile, f"must be true, false or one of {', '.join(CHOICES['compile'])}")
         _check(self.threads is None or self.threads > 0, "threads", self.threads,
                "must be > 0, or null")
 

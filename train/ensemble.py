@@ -42,9 +42,11 @@ from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tasks
-from models import GPT, layout
+from analysis import layout
+from models import GPT
 from train.config import Config
-from train.state import RunState, compiled, masked_cross_entropy
+from train.state import RunState
+from train.step import compiled, masked_cross_entropy
 
 ENSEMBLE_KEYS = ("train.ensemble", "train.ensemble_lr", "train.ensemble_weight_decay")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from models import layout
+from analysis import layout
 from train.checkpoint import Preemption
 from train.run_dir import read_json
 

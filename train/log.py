@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models import layout
+from analysis import layout
 from train.config import TrainConfig, WandbConfig
 
 log = logging.getLogger(__name__)

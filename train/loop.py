@@ -7,9 +7,9 @@ between log steps: the loss and gradient norm are summed there and read (one hos
 when a record is written or a checkpoint saved. Evaluation scores the task's fixed sets with
 `analysis.scoring.score`, the entry `python -m analysis` uses.
 
-A plain run and an ensemble go through the same loop and the same bookkeeping
-(`train.state`); they differ only in the update: `PlainUpdate` below steps one model with
-torch's AdamW, `train.ensemble.BatchedUpdate` steps N stacked models under vmap.
+A plain run and an ensemble go through the same loop, the same bookkeeping (`train.state`) and
+the same step's pieces (`train.step`); they differ only in the update: `PlainUpdate` below steps
+one model with torch's AdamW, `train.ensemble.BatchedUpdate` steps N stacked models under vmap.
 """
 
 from __future__ import annotations
@@ -23,20 +23,14 @@ import torch
 from torch import Tensor
 
 import tasks
-from models import GPTConfig, layout
+from analysis import layout, scoring
+from models import GPTConfig
 from train import checkpoint, ensemble
 from train.config import Config, check_buildable
 from train.log import is_eval_step, is_log_step
 from train.run_dir import read_json, write_hydra_files
-from train.state import (
-    Diverged,
-    Progress,
-    RunState,
-    compiled,
-    masked_cross_entropy,
-    open_runs,
-    scores,
-)
+from train.state import Diverged, Progress, RunState, open_runs
+from train.step import compiled, masked_cross_entropy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,31 +94,62 @@ class PlainUpdate:
         return self.run.optimizer.state_dict()
 
 
-def checkpoint_runs(runs: list[RunState], update, progress: Progress, task: tasks.Task,
-                    cfg: Config, autocast, at_eval: bool, at_log: bool, at_save: bool) -> None:
-    """Record and save every live run as the flags say; a run whose loss or weights are not
-    finite is finished as failed instead (never saved). keep_state=last prunes older states
-    only once every run has saved this step, so the runs always share a resumable step."""
-    saved = []
-    for i, run in enumerate(runs):
-        if not run.alive:
-            continue
-        if at_eval or at_save:
-            update.sync(i)
-        try:
-            run.stats.check(run.model if at_save else None)
-        except Diverged as e:
-            run.finish(progress, "failed", diverged=e)
-            continue
-        if at_log:
-            probes = cfg.train.eval_probes
-            run.record(progress, scores(run.model, task, autocast, probes) if at_eval else {})
-        if at_save:
-            run.save(progress, update.optimizer_state(i))
-            saved.append(run)
-    if cfg.checkpoint.keep_state == "last":
-        for run in saved:
-            checkpoint.prune_states(run.dir.checkpoints, keep=progress.step)
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """What a step owes the record: scores of the fixed sets, a metrics.jsonl record, a
+    checkpoint."""
+
+    eval: bool = False
+    log: bool = False
+    save: bool = False
+
+    @classmethod
+    def at(cls, step: int, total: int, cfg: Config, preempted: bool) -> Due:
+        return cls(eval=is_eval_step(step, total, cfg.train),
+                   log=is_log_step(step, total, cfg.train),
+                   save=checkpoint.is_checkpoint_step(step, total, cfg.checkpoint) or preempted)
+
+    def __bool__(self) -> bool:
+        return self.log or self.save
+
+
+@dataclasses.dataclass
+class Book:
+    """The bookkeeping of one process's runs at the steps that owe the record something."""
+
+    runs: list[RunState]
+    update: PlainUpdate | ensemble.BatchedUpdate
+    progress: Progress
+    task: tasks.Task
+    cfg: Config
+    autocast: object  # the training precision's context (`precision`)
+
+    def __call__(self, due: Due) -> None:
+        """Record and save every live run as `due` says; a run whose loss or weights are not
+        finite is finished as failed instead (never saved). keep_state=last prunes older
+        states only once every run has saved this step, so the runs always share a resumable
+        step."""
+        saved = []
+        for i, run in enumerate(self.runs):
+            if not run.alive:
+                continue
+            if due.eval or due.save:
+                self.update.sync(i)
+            try:
+                run.stats.check(run.model if due.save else None)
+            except Diverged as e:
+                run.finish(self.progress, "failed", diverged=e)
+                continue
+            if due.log:
+                run.record(self.progress, scoring.score(
+                    run.model, self.task, probes=self.cfg.train.eval_probes, slices_of="main",
+                    autocast=self.autocast) if due.eval else {})
+            if due.save:
+                run.save(self.progress, self.update.optimizer_state(i))
+                saved.append(run)
+        if self.cfg.checkpoint.keep_state == "last":
+            for run in saved:
+                checkpoint.prune_states(run.dir.checkpoints, keep=self.progress.step)
 
 
 def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
@@ -155,13 +180,13 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
         write_hydra_files(run_dir, cfg, overrides)
     autocast = precision(cfg, device)
     update = (ensemble.BatchedUpdate if members else PlainUpdate)(runs, task, cfg, autocast)
-    book = functools.partial(checkpoint_runs, runs, update, progress, task, cfg, autocast)
+    book = Book(runs, update, progress, task, cfg, autocast)
 
     status = "failed"
     try:
         with checkpoint.Preemption() as preemption:
             if not progress.resumed:  # step 0's record and checkpoint
-                book(at_eval=True, at_log=True, at_save=True)
+                book(Due(eval=True, log=True, save=True))
             while (progress.step < progress.total and preemption.signum is None
                    and any(r.alive for r in runs)):
                 losses, grad_norms, tokens = update()
@@ -171,13 +196,9 @@ def run(cfg: Config, run_dir: str | Path, overrides: list[str] | None = None,
                     if r.alive:
                         r.stats.add(progress.step, losses[i], grad_norms[i])
 
-                step = progress.step
-                at_eval = is_eval_step(step, progress.total, cfg.train)
-                at_log = is_log_step(step, progress.total, cfg.train)
-                at_save = (checkpoint.is_checkpoint_step(step, progress.total, cfg.checkpoint)
-                           or preemption.signum is not None)
-                if at_log or at_save:
-                    book(at_eval=at_eval, at_log=at_log, at_save=at_save)
+                due = Due.at(progress.step, progress.total, cfg, preemption.signum is not None)
+                if due:
+                    book(due)
             if progress.step >= progress.total:
                 status = "completed"
             elif preemption.signum is not None:

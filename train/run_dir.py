@@ -20,17 +20,20 @@ import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from models import layout
+from analysis import layout
 from train import checkpoint
 from train.config import Config
 from train.log import is_log_step, resume_metrics, spans
 
+if TYPE_CHECKING:
+    from train.state import Progress
+
 log = logging.getLogger(__name__)
 
-_locked: dict[Path, object] = {}  # the run directories this process holds: their lock files
 _damaged: set[Path] = set()  # the damaged JSON files this process has reported
 
 # Keys a resumed run may change: they do not touch what is computed.
@@ -103,9 +106,24 @@ def write_hydra_files(path: Path, cfg: Config, overrides: list[str]) -> None:
     OmegaConf.save(OmegaConf.create(overrides), path / layout.HYDRA_OVERRIDES)
 
 
+@dataclasses.dataclass(frozen=True)
+class Ending:
+    """How a run ended, for summary.json: its status, the error that stopped it, and whether
+    that error was divergence (an ensemble resumes without a member that diverged)."""
+
+    status: str  # completed, preempted or failed
+    error: str | None = None
+    diverged: bool = False
+
+
 class RunDir:
+    """One run's directory, from the check that it may be trained in to its summary: `open`
+    checks it (and takes its lock), `begin` writes what a live run owns, `finish` writes how it
+    ended; `unlock` releases it. Refused before `begin`, the directory is as it was."""
+
     def __init__(self, path: Path, cfg: Config, overrides: list[str], group: str | None):
         self.path, self.checkpoints = path, path / layout.CHECKPOINTS
+        self.lock_file = None  # open and flock'ed while this process holds the directory
         self.cfg, self.overrides, self.group = cfg, overrides, group
         self.completed = False  # a completed run of this config, left as it is
         self.info: dict = {}
@@ -120,7 +138,11 @@ class RunDir:
             return []
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
-        return self.check()
+        try:
+            return self.check()
+        except BaseException:
+            self.unlock()
+            raise
 
     def finished(self) -> bool:
         """Whether the directory holds a completed run of this config: running its command
@@ -163,8 +185,7 @@ class RunDir:
         """Hold the directory for this process (released by `unlock` or when it exits): two
         processes training in one directory would interleave their records and checkpoints.
         `begin` writes the holder into the file, so that a refused run leaves it as it was."""
-        key = self.path.resolve()
-        if key in _locked:
+        if self.lock_file is not None:
             return
         f = (self.path / layout.LOCK).open("a+")
         try:
@@ -175,11 +196,12 @@ class RunDir:
             f.close()
             raise RuntimeError(f"{self.path} is in use by {holder}; wait for it to end, or "
                                f"choose another directory") from None
-        _locked[key] = f
+        self.lock_file = f
 
     def unlock(self) -> None:
-        if (f := _locked.pop(self.path.resolve(), None)) is not None:
-            f.close()
+        if self.lock_file is not None:
+            self.lock_file.close()
+            self.lock_file = None
 
     def loadable(self, steps: list[int]) -> list[int]:
         """`steps` up to the newest whose checkpoint passes its manifest and whose state.pt
@@ -227,7 +249,7 @@ class RunDir:
     def begin(self, resume: Path | None) -> None:
         """Write the lock's holder, `.hydra/` and run.json, drop the metrics recorded after the
         resumed checkpoint and the summary of the attempt before: the run is live again."""
-        lock = _locked[self.path.resolve()]
+        lock = self.lock_file
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
         lock.flush()
@@ -251,21 +273,20 @@ class RunDir:
         write_json(self.path / layout.RUN_INFO, self.info)
         (self.path / layout.SUMMARY).unlink(missing_ok=True)
 
-    def finish(self, model, status: str, error: str | None, step: int, total_steps: int,
-               tokens: int, wall_time_s: float, last: dict, diverged: bool = False) -> dict:
+    def finish(self, model, progress: Progress, last: dict, ending: Ending) -> dict:
         """Write summary.json: sizes, compute, the last recorded metrics and how the run ended."""
         summary = {
-            "status": status,
-            "error": error,
-            "diverged": diverged,  # an ensemble resumes without a member that diverged
-            "steps": step,
-            "total_steps": total_steps,
-            "tokens": tokens,
+            "status": ending.status,
+            "error": ending.error,
+            "diverged": ending.diverged,
+            "steps": progress.step,
+            "total_steps": progress.total,
+            "tokens": progress.tokens,
             "params": model.num_params(),
             "params_non_embedding": model.num_params(non_embedding=True),
             "flops_per_token": model.flops_per_token(),
-            "flops": model.flops_per_token() * tokens,
-            "wall_time_s": wall_time_s,
+            "flops": model.flops_per_token() * progress.tokens,
+            "wall_time_s": progress.elapsed(),
             "metrics": {key: value for key, value in last.items() if "/" in key},
             "finished": now(),
         }

@@ -4,7 +4,8 @@ of an ensemble (a plain run is the one-run case).
 `open_runs` seeds each run, builds or resumes its model, optimizer, schedule, data generator and
 statistics, and opens its directory and logger; `RunState.record`, `save` and `finish` write its
 metrics.jsonl records, checkpoints and summary.json. What computes a step (train/loop.py's
-update of one model, or train/ensemble.py's batched update of N) is the only part that differs.
+update of one model, or train/ensemble.py's batched update of N, both built from train/step.py)
+is the only part that differs.
 
 An ensemble resumes from the newest step at which every member holds state.pt: its members save
 one after another, so a kill between two writes leaves them a step apart, and the older state is
@@ -17,99 +18,27 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
-import tasks
-from analysis import scoring
-from models import GPT, GPTConfig, layout, load_model
-from models.gpt import param_kind
+from analysis import layout
+from models import GPT, GPTConfig, load_model
 from train import checkpoint
-from train.config import Config, OptimConfig
+from train.config import Config
 from train.log import RunLogger
-from train.run_dir import RunDir, read_json
+from train.run_dir import Ending, RunDir, read_json
+from train.step import adamw, lr_factor
 
 log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
     """The loss or the gradient norm stopped being finite."""
-
-
-def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Multiplier of the peak lr for update `step` (0-based): linear warmup, then decay."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    decay = {
-        "constant": 0.0,
-        "linear": progress,
-        "cosine": (1 - math.cos(math.pi * progress)) / 2,
-    }[cfg.schedule]
-    return 1 - (1 - cfg.min_lr_ratio) * decay
-
-
-def adamw(model: GPT, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """torch's AdamW over the model's parameter groups, fused (one kernel over every parameter)
-    on CPU and CUDA: 2-7% of a small model's step on CPU (bench/RESULTS.md)."""
-    groups = model.param_groups(optim.lr, optim.weight_decay, optim.decay_embeddings)
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                             fused=device.type in ("cpu", "cuda"))
-
-
-def compiled(fn, setting: bool | str):
-    """`fn` under torch.compile as the `compile` setting says (false: `fn` itself)."""
-    if setting is False:
-        return fn
-    return torch.compile(fn, mode=None if setting is True else setting)
-
-
-def fuse_attention_moments(saved: dict, model: GPT) -> dict:
-    """An AdamW state_dict saved while each attention had `q` and `kv` projections (before they
-    were fused into `qkv`) -> one for `model`, each qkv moment the concatenation of the q and kv
-    ones (rows q, then k and v, as models/io.py fuses the weights); any other state unchanged."""
-    named = list(model.named_parameters())
-    if sum(len(g["params"]) for g in saved["param_groups"]) == len(named):
-        return saved
-    state, groups, index = {}, [], 0
-    for group in saved["param_groups"]:  # in each group, the parameters in named order
-        old_ids = iter(group["params"])
-        ids = []
-        for name, p in named:
-            if param_kind(name, p) != group["name"]:
-                continue
-            parts = [saved["state"].get(next(old_ids)) for _ in range(2 if ".attn.qkv." in name
-                                                                      else 1)]
-            if all(parts):
-                state[index] = {**parts[0], **{key: torch.cat([part[key] for part in parts])
-                                               for key in ("exp_avg", "exp_avg_sq")}}
-            ids.append(index)
-            index += 1
-        groups.append({**group, "params": ids})
-    return {"state": state, "param_groups": groups}
-
-
-def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """Mean cross-entropy over the masked positions of logits [B, T, V]. Weighting, not
-    boolean indexing: an indexed tensor's size depends on the data, which costs a host sync."""
-    ce = F.cross_entropy(rearrange(logits, "b t v -> b v t"), targets, reduction="none")  # [B, T]
-    weight = mask.to(ce.dtype)
-    return (ce * weight).sum() / weight.sum().clamp(min=1)
-
-
-def scores(model: GPT, task: tasks.Task, autocast, probes: list[str]) -> dict[str, float]:
-    """The metrics of the current model on the task's fixed sets (with exact match per slice of
-    the task's main attribute) and the `probes` asked for: `analysis.scoring.score`, the entry
-    `python -m analysis` uses too."""
-    return scoring.score(model, task, probes=probes, slices_of="main", autocast=autocast)
 
 
 class TrainStats:
@@ -221,9 +150,8 @@ class RunState:
             saved = layout.step_dir_name(newest[-1]) if newest else "none"
             self.error = (f"{diverged} (optim.lr={self.cfg.optim.lr}); stopped. The newest "
                           f"checkpoint, {saved}, was saved before it.")
-        summary = self.dir.finish(self.model, status, self.error, progress.step, progress.total,
-                                  progress.tokens, progress.elapsed(), self.last,
-                                  diverged=diverged is not None)
+        summary = self.dir.finish(self.model, progress, self.last,
+                                  Ending(status, self.error, diverged is not None))
         self.logger.close(summary, ok=status != "failed")
         self.dir.unlock()
         self.alive = False
@@ -261,12 +189,22 @@ def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
     before any is written to; each run is then initialized as its own plain run would be, or
     resumed from the common step. None when no run has anything left to do."""
     dirs = [RunDir(path, cfg, overrides, group) for cfg, path, overrides in specs]
+    try:
+        return start_runs(dirs, model_cfg, device, group)
+    except BaseException:  # refused: every directory is released as it was
+        for d in dirs:
+            d.unlock()
+        raise
+
+
+def start_runs(dirs: list[RunDir], model_cfg: GPTConfig, device: torch.device,
+               group: str | None) -> tuple[list[RunState], Progress] | None:
     resume_step, stopped = common_resume_step(dirs, [d.open() for d in dirs])
     if all(stopped):  # completed before (an ensemble: or diverged while the others completed)
         for d in dirs:
             d.unlock()
         return None
-    progress = Progress(total=specs[0][0].train.steps)
+    progress = Progress(total=dirs[0].cfg.train.steps)
     runs = []
     for run_dir, stop in zip(dirs, stopped, strict=True):
         cfg = run_dir.cfg
@@ -286,7 +224,7 @@ def open_runs(specs: list[tuple[Config, Path, list[str]]], model_cfg: GPTConfig,
                        last=run_dir.last_record, alive=not stop)
         if resume is not None:
             state = run_dir.load_state(resume_step)
-            run.optimizer.load_state_dict(fuse_attention_moments(state["optimizer"], model))
+            run.optimizer.load_state_dict(state["optimizer"])
             run.scheduler.load_state_dict(state["scheduler"])
             checkpoint.set_rng_state(state["rng"], run.generator)
             run.stats.load_state_dict(state["stats"])

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis import layout
 from analysis.runs import Run, _rows, read_scores, write_csv
 from analysis.stages import llc
-from models import layout
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Export a phaselab checkpoint as a Hugging Face transformers model directory.
 
-`python -m models.export RUN_DIR [--step N] --to hf OUT_DIR` writes config.json,
+`python -m analysis.export RUN_DIR [--step N] --to hf OUT_DIR` writes config.json,
 model.safetensors and a tokenizer.json over the task's vocabulary, so
 `AutoModelForCausalLM.from_pretrained(OUT_DIR)` and `AutoTokenizer.from_pretrained(OUT_DIR)`
 open it, and so does every tool built on them (TransformerLens's `TransformerBridge`, nnsight).
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from analysis.layout import HYDRA_CONFIG, is_ensemble, is_member
 from models.config import GPTConfig
 from models.gpt import GPT
-from models.layout import HYDRA_CONFIG, is_ensemble, is_member
 
 
 def layout(cfg: GPTConfig) -> str:
@@ -73,64 +73,134 @@ def _or_zeros(t: Tensor | None, n: int) -> Tensor:
     return torch.zeros(n) if t is None else t
 
 
-def gpt2_tensors(model: GPT) -> dict[str, Tensor]:
-    """GPT2LMHeadModel's state dict (Conv1D weights are [in, out])."""
-    cfg, d = model.cfg, model.cfg.d_model
-    pos = model.pos_embed.weight if model.pos_embed is not None else torch.zeros(cfg.n_ctx, d)
-    out = {"transformer.wte.weight": model.embed.weight, "transformer.wpe.weight": pos}
-    for i, block in enumerate(model.blocks):
-        p, w = f"transformer.h.{i}.", attention_weights(model, i)
-        out[p + "ln_1.weight"], out[p + "ln_1.bias"] = _norm(block.ln1, d)
-        out[p + "attn.c_attn.weight"] = torch.cat([w["wq"], w["wk"], w["wv"]]).T
-        out[p + "attn.c_attn.bias"] = torch.cat([_or_zeros(w[b], d) for b in ("bq", "bk", "bv")])
-        out[p + "attn.c_proj.weight"] = w["wo"].T
-        out[p + "attn.c_proj.bias"] = _or_zeros(w["bo"], d)
-        if block.mlp is None:  # zero MLP: act(0) = 0 for gelu and relu
-            out[p + "ln_2.weight"], out[p + "ln_2.bias"] = torch.ones(d), torch.zeros(d)
-            fc, proj = torch.zeros(cfg.d_mlp, d), torch.zeros(d, cfg.d_mlp)
-            fc_b, proj_b = None, None
-        else:
-            out[p + "ln_2.weight"], out[p + "ln_2.bias"] = _norm(block.ln2, d)
-            fc, proj = block.mlp.fc.weight, block.mlp.proj.weight
-            fc_b, proj_b = block.mlp.fc.bias, block.mlp.proj.bias
-        out[p + "mlp.c_fc.weight"], out[p + "mlp.c_fc.bias"] = fc.T, _or_zeros(fc_b, cfg.d_mlp)
-        out[p + "mlp.c_proj.weight"], out[p + "mlp.c_proj.bias"] = proj.T, _or_zeros(proj_b, d)
-    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = _norm(
-        model.ln_f, d, 1 / model.width_mult)
-    if model.unembed is not None:
-        out["lm_head.weight"] = model.unembed.weight
-    return out
+def _halves_to_pairs(w: Tensor, n_heads: int) -> Tensor:
+    """Reorder each head's rows of a query or key projection [H*D, ...] from rotary on halves
+    (dims j, j + D/2 rotate together; phaselab, HF) to rotary on adjacent pairs (2j, 2j + 1;
+    TransformerLens's native model). Queries and keys permuted alike leave the scores unchanged."""
+    heads = w.unflatten(0, (n_heads, 2, -1))  # [H, half, D/2, ...]
+    return heads.transpose(1, 2).flatten(0, 2)
 
 
-def llama_tensors(model: GPT) -> dict[str, Tensor]:
-    """LlamaForCausalLM's state dict; with MLPs, mlp_bias is on so that up(x) = 1."""
+def model_parts(model: GPT) -> dict[str, Tensor]:
+    """The model's tensors under one naming, what every format's table reads: `embed`, `pos`
+    (zeros without learned positions), `readout` (the embedding where tied), `ln_f.weight`,
+    `ln_f.bias` and the gain scaled for the readout (`ln_f.weight/wm`, `ln_f.bias/wm`: the muP
+    multiplier folded in), `readout/wm`."""
     cfg, d = model.cfg, model.cfg.d_model
-    out = {"model.embed_tokens.weight": model.embed.weight}
-    for i, block in enumerate(model.blocks):
-        p, w = f"model.layers.{i}.", attention_weights(model, i)
-        out[p + "input_layernorm.weight"] = block.ln1.weight
-        for name in "qkvo":
-            out[p + f"self_attn.{name}_proj.weight"] = w[f"w{name}"]
-            if cfg.bias:
-                out[p + f"self_attn.{name}_proj.bias"] = w[f"b{name}"]
-        if block.mlp is None:  # zero MLP, no biases (mlp_bias is off)
-            out[p + "post_attention_layernorm.weight"] = torch.ones(d)
-            out[p + "mlp.gate_proj.weight"] = torch.zeros(cfg.d_mlp, d)
-            out[p + "mlp.up_proj.weight"] = torch.zeros(cfg.d_mlp, d)
-            out[p + "mlp.down_proj.weight"] = torch.zeros(d, cfg.d_mlp)
-            continue
-        mlp = block.mlp
-        out[p + "post_attention_layernorm.weight"] = block.ln2.weight
-        out[p + "mlp.gate_proj.weight"] = mlp.fc.weight
-        out[p + "mlp.gate_proj.bias"] = _or_zeros(mlp.fc.bias, cfg.d_mlp)
-        out[p + "mlp.up_proj.weight"] = torch.zeros(cfg.d_mlp, d)
-        out[p + "mlp.up_proj.bias"] = torch.ones(cfg.d_mlp)
-        out[p + "mlp.down_proj.weight"] = mlp.proj.weight
-        out[p + "mlp.down_proj.bias"] = _or_zeros(mlp.proj.bias, d)
-    out["model.norm.weight"] = model.ln_f.weight / model.width_mult
-    if model.unembed is not None:
-        out["lm_head.weight"] = model.unembed.weight
-    return out
+    readout = model.embed.weight if model.unembed is None else model.unembed.weight
+    parts = {"embed": model.embed.weight, "readout": readout,
+             "readout/wm": readout / model.width_mult,
+             "pos": model.pos_embed.weight if model.pos_embed is not None
+             else torch.zeros(cfg.n_ctx, d)}
+    if cfg.norm != "none":
+        parts["ln_f.weight"], parts["ln_f.bias"] = _norm(model.ln_f, d)
+        parts["ln_f.weight/wm"], parts["ln_f.bias/wm"] = _norm(model.ln_f, d, 1 / model.width_mult)
+    return parts
+
+
+def layer_parts(model: GPT, i: int) -> dict[str, Tensor]:
+    """Layer i's tensors under one naming: `ln1.*`, `ln2.*`, `{q,k,v,o}.{weight,bias}`,
+    `{fc,proj}.{weight,bias}`, zeros for absent biases; `{q,k}.*.pairs` for rotary on adjacent
+    pairs. An attention-only block gets an MLP that adds nothing (unit norm, zero weights:
+    act(0) = 0 for gelu and relu), for the layouts that always have one."""
+    block, cfg, d = model.blocks[i], model.cfg, model.cfg.d_model
+    w = attention_weights(model, i)
+    parts = {}
+    for name in "qkvo":
+        parts[f"{name}.weight"], parts[f"{name}.bias"] = w[f"w{name}"], _or_zeros(w[f"b{name}"], d)
+    for name in "qk":
+        for kind in ("weight", "bias"):
+            parts[f"{name}.{kind}.pairs"] = (_halves_to_pairs(parts[f"{name}.{kind}"], cfg.n_heads)
+                                             if cfg.pos == "rotary" else parts[f"{name}.{kind}"])
+    if block.mlp is None:
+        parts["ln2.weight"], parts["ln2.bias"] = torch.ones(d), torch.zeros(d)
+        fc, proj, fc_b, proj_b = torch.zeros(cfg.d_mlp, d), torch.zeros(d, cfg.d_mlp), None, None
+    else:
+        fc, proj = block.mlp.fc.weight, block.mlp.proj.weight
+        fc_b, proj_b = block.mlp.fc.bias, block.mlp.proj.bias
+        if cfg.norm != "none":
+            parts["ln2.weight"], parts["ln2.bias"] = _norm(block.ln2, d)
+    if cfg.norm != "none":
+        parts["ln1.weight"], parts["ln1.bias"] = _norm(block.ln1, d)
+    parts |= {"fc.weight": fc, "fc.bias": _or_zeros(fc_b, cfg.d_mlp), "proj.weight": proj,
+              "proj.bias": _or_zeros(proj_b, d)}
+    return parts
+
+
+def _cat(*names: str, transpose: bool = False):
+    """The parts `names` stacked (rows), transposed for a Conv1D's [in, out] weights."""
+    def build(p: dict[str, Tensor]) -> Tensor:
+        t = torch.cat([p[n] for n in names])
+        return t.T if transpose else t
+    return build
+
+
+def _t(name: str):
+    return lambda p: p[name].T
+
+
+# Each format: (the model's names -> a part name or a function of the parts, the same per layer
+# with `{i}` in the name). Only the names the target model has are written (`tensors`), so a
+# bias a layout switches off is left out; a name it has that no entry fills fails loudly.
+FORMATS = {
+    "gpt2": ({"transformer.wte.weight": "embed", "transformer.wpe.weight": "pos",
+              "transformer.ln_f.weight": "ln_f.weight/wm", "transformer.ln_f.bias": "ln_f.bias/wm",
+              "lm_head.weight": "readout"},
+             {"transformer.h.{i}.ln_1.weight": "ln1.weight",
+              "transformer.h.{i}.ln_1.bias": "ln1.bias",
+              "transformer.h.{i}.attn.c_attn.weight": _cat("q.weight", "k.weight", "v.weight",
+                                                          transpose=True),  # Conv1D: [in, out]
+              "transformer.h.{i}.attn.c_attn.bias": _cat("q.bias", "k.bias", "v.bias"),
+              "transformer.h.{i}.attn.c_proj.weight": _t("o.weight"),
+              "transformer.h.{i}.attn.c_proj.bias": "o.bias",
+              "transformer.h.{i}.ln_2.weight": "ln2.weight",
+              "transformer.h.{i}.ln_2.bias": "ln2.bias",
+              "transformer.h.{i}.mlp.c_fc.weight": _t("fc.weight"),
+              "transformer.h.{i}.mlp.c_fc.bias": "fc.bias",
+              "transformer.h.{i}.mlp.c_proj.weight": _t("proj.weight"),
+              "transformer.h.{i}.mlp.c_proj.bias": "proj.bias"}),
+    # Llama's gated MLP down(act(gate(x)) * up(x)) is phaselab's with up(x) = 1.
+    "llama": ({"model.embed_tokens.weight": "embed", "model.norm.weight": "ln_f.weight/wm",
+               "lm_head.weight": "readout"},
+              {"model.layers.{i}.input_layernorm.weight": "ln1.weight",
+               **{f"model.layers.{{i}}.self_attn.{n}_proj.{kind}": f"{n}.{kind}"
+                  for n in "qkvo" for kind in ("weight", "bias")},
+               "model.layers.{i}.post_attention_layernorm.weight": "ln2.weight",
+               "model.layers.{i}.mlp.gate_proj.weight": "fc.weight",
+               "model.layers.{i}.mlp.gate_proj.bias": "fc.bias",
+               "model.layers.{i}.mlp.up_proj.weight": lambda p: torch.zeros_like(p["fc.weight"]),
+               "model.layers.{i}.mlp.up_proj.bias": lambda p: torch.ones_like(p["fc.bias"]),
+               "model.layers.{i}.mlp.down_proj.weight": "proj.weight",
+               "model.layers.{i}.mlp.down_proj.bias": "proj.bias"}),
+    # TransformerLens's native model: rotary on adjacent pairs, the muP multiplier in the head.
+    "native": ({"tok_embed.weight": "embed", "pos.weight": "pos", "ln_out.weight": "ln_f.weight",
+                "ln_out.bias": "ln_f.bias", "head.weight": "readout/wm"},
+               {"layers.{i}.ln1.weight": "ln1.weight", "layers.{i}.ln1.bias": "ln1.bias",
+                "layers.{i}.ln2.weight": "ln2.weight", "layers.{i}.ln2.bias": "ln2.bias",
+                **{f"layers.{{i}}.attn.{n}.{kind}": f"{n}.{kind}" + (".pairs" if n in "qk" else "")
+                   for n in "qkvo" for kind in ("weight", "bias")},
+                "layers.{i}.mlp.fc_in.weight": "fc.weight", "layers.{i}.mlp.fc_in.bias": "fc.bias",
+                "layers.{i}.mlp.fc_out.weight": "proj.weight",
+                "layers.{i}.mlp.fc_out.bias": "proj.bias"}),
+}
+
+
+@torch.no_grad()
+def tensors(model: GPT, fmt: str, names) -> dict[str, Tensor]:
+    """The state dict of format `fmt` computing `model`'s logits, for the target's `names`;
+    raises naming those no entry of the table fills."""
+    top, layer = FORMATS[fmt]
+    table = {**top, **{name.format(i=i): source for i in range(model.cfg.n_layers)
+                       for name, source in layer.items()}}
+    if missing := [n for n in names if n not in table]:
+        raise RuntimeError(f"weight names do not match the {fmt} layout: no entry for {missing}")
+    parts = [model_parts(model), *(layer_parts(model, i) for i in range(model.cfg.n_layers))]
+    found = {}
+    for name in names:
+        i = int(m.group(1)) + 1 if (m := re.search(r"(?:h|layers)\.(\d+)\.", name)) else 0
+        source = table[name]
+        found[name] = source(parts[i]) if callable(source) else parts[i][source]
+    return {k: v.detach().float().cpu().contiguous() for k, v in found.items()}
 
 
 def hf_config(cfg: GPTConfig):
@@ -160,16 +230,9 @@ def to_hf(model: GPT):
     kind = layout(model.cfg)  # refuses an unmappable variant before transformers' slow import
     from transformers import AutoModelForCausalLM
 
-    config = hf_config(model.cfg)
-    tensors = gpt2_tensors(model) if kind == "gpt2" else llama_tensors(model)
-    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = hf.load_state_dict(
-        {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, strict=False)
-    tied = {"lm_head.weight"} if model.cfg.tie_embeddings else set()
-    missing = [k for k in missing if k not in tied and not k.endswith(".attn.bias")]
-    if missing or unexpected:  # a transformers release with different names: fail loudly
-        raise RuntimeError(f"weight names do not match {type(hf).__name__}: "
-                           f"missing {missing}, unexpected {unexpected}")
+    hf = AutoModelForCausalLM.from_config(hf_config(model.cfg), dtype=torch.float32)
+    names = [k for k in hf.state_dict() if not k.endswith(".attn.bias")]  # GPT-2's causal mask
+    hf.load_state_dict(tensors(model, kind, names), strict=False)
     return hf.eval()
 
 
@@ -221,55 +284,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     return export_hf(model, out_dir, task.vocab, task.sep)
 
 
-def _halves_to_pairs(w: Tensor, n_heads: int) -> Tensor:
-    """Reorder each head's rows of a query or key projection [H*D, ...] from rotary on halves
-    (dims j, j + D/2 rotate together; phaselab, HF) to rotary on adjacent pairs (2j, 2j + 1;
-    TransformerLens's native model). Queries and keys permuted alike leave the scores unchanged."""
-    heads = w.unflatten(0, (n_heads, 2, -1))  # [H, half, D/2, ...]
-    return heads.transpose(1, 2).flatten(0, 2)
-
-
-@torch.no_grad()
-def native_tensors(model: GPT) -> dict[str, Tensor]:
-    """The state dict of TransformerLens's native model computing `model`'s logits."""
-    cfg, d = model.cfg, model.cfg.d_model
-    pos = model.pos_embed.weight if model.pos_embed is not None else torch.zeros(cfg.n_ctx, d)
-    out = {"tok_embed.weight": model.embed.weight}
-    if cfg.pos != "rotary":
-        out["pos.weight"] = pos
-    rotary = (lambda w: _halves_to_pairs(w, cfg.n_heads)) if cfg.pos == "rotary" else None
-    for i, block in enumerate(model.blocks):
-        p, w = f"layers.{i}.", attention_weights(model, i)
-        for name, norm in (("ln1", block.ln1), ("ln2", block.ln2)):
-            if norm is not None and cfg.norm != "none":
-                out[p + name + ".weight"] = norm.weight
-                if cfg.norm == "layernorm":
-                    out[p + name + ".bias"] = _norm(norm, d)[1]
-        for name in "qkvo":
-            weight, bias = w[f"w{name}"], _or_zeros(w[f"b{name}"], d)
-            if rotary is not None and name in "qk":
-                weight, bias = rotary(weight), rotary(bias)
-            out[p + f"attn.{name}.weight"], out[p + f"attn.{name}.bias"] = weight, bias
-        if block.mlp is not None:
-            out[p + "mlp.fc_in.weight"] = block.mlp.fc.weight
-            out[p + "mlp.fc_in.bias"] = _or_zeros(block.mlp.fc.bias, cfg.d_mlp)
-            out[p + "mlp.fc_out.weight"] = block.mlp.proj.weight
-            out[p + "mlp.fc_out.bias"] = _or_zeros(block.mlp.proj.bias, d)
-    if cfg.norm != "none":
-        out["ln_out.weight"] = model.ln_f.weight
-        if cfg.norm == "layernorm":
-            out["ln_out.bias"] = _norm(model.ln_f, d)[1]
-    readout = model.embed.weight if model.unembed is None else model.unembed.weight
-    out["head.weight"] = readout / model.width_mult
-    return out
-
-
 def native_bridge(model: GPT, tokenizer):
     """A TransformerBridge over TransformerLens's native architecture holding `model`'s
     weights: the route for every variant, including those no HF layout represents."""
     from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-    from transformer_lens.model_bridge.sources.native.model import NativeModel
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native import NativeModel
 
     cfg = model.cfg
     tl_cfg = TransformerBridgeConfig.from_dict({
@@ -282,11 +302,7 @@ def native_bridge(model: GPT, tokenizer):
         "architecture": "TransformerLensNative",
     })
     native = NativeModel(tl_cfg)
-    tensors = {k: v.detach().float().cpu() for k, v in native_tensors(model).items()}
-    missing, unexpected = native.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"weight names do not match the native model: missing {missing}, "
-                           f"unexpected {unexpected}")
+    native.load_state_dict(tensors(model, "native", native.state_dict()), strict=True)
     return build_bridge_from_module(native.eval(), "TransformerLensNative", tl_config=tl_cfg,
                                     tokenizer=tokenizer, model_name="phaselab").eval()
 
@@ -314,7 +330,7 @@ def to_bridge(model: GPT, vocab: list[str] | None = None, sep: str = " "):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="python -m analysis.export", description=__doc__.split(
         "\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (holding .hydra/ and checkpoints/)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
