@@ -28,7 +28,7 @@ def induction_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def addition_dir(tmp_path_factory):
-    """addition_emergence_small as it stands (6 widths x 3 seeds): the sweep directory."""
+    """addition_emergence_small as it stands (6 widths x 5 seeds): the sweep directory."""
     out = tmp_path_factory.mktemp("addition")
     train(out, "addition_emergence_small", sweep=True)
     return out
