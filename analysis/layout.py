@@ -90,6 +90,20 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def read_json(path: Path) -> dict | None:
+    """A JSON object file of the run directory: None where there is none, ValueError naming it
+    where it is damaged (cut, edited, not an object). Each reader decides what damage means."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is damaged ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object)")
+    return data
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()  # in blocks: hashlib.file_digest needs Python 3.11
     with path.open("rb") as f:

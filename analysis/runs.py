@@ -101,11 +101,10 @@ class Run:
 
     def summary(self) -> dict:
         """summary.json ({} while the run has none; a damaged one likewise, with a warning)."""
-        path = self.path / layout.SUMMARY
         try:
-            return json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError) as e:
-            log.warning("%s is damaged (%s): read as absent", path, e)
+            return layout.read_json(self.path / layout.SUMMARY) or {}
+        except ValueError as e:
+            log.warning("%s: read as absent", e)
             return {}
 
 

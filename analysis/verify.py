@@ -41,19 +41,6 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in found if not layout.is_ensemble(p))
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object file (None if absent); ValueError naming it where it is damaged."""
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: damaged ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: damaged (not a JSON object)")
-    return data
-
-
 def tensor_digest(weights: Path) -> str:
     """sha256 of a safetensors file's tensor bytes, its header (with the step) left out."""
     data = weights.read_bytes()
@@ -73,7 +60,7 @@ def check_checkpoint(step_dir: Path, model: dict | None, problems: list[str]) ->
     step, name = layout.step_of(step_dir), f"{layout.CHECKPOINTS}/{step_dir.name}"
     try:
         verified = layout.verify_checkpoint(step_dir)
-        meta = read_json(step_dir / layout.META) or {}
+        meta = layout.read_json(step_dir / layout.META) or {}
         weights = read_metadata(step_dir / layout.WEIGHTS)
     except ValueError as e:  # each names its file
         problems.append(str(e))
@@ -117,8 +104,8 @@ def check_run(run: Path) -> tuple[str, str]:
     `FAILED`, with what was checked or what is wrong."""
     problems: list[str] = []
     try:
-        info = read_json(run / layout.RUN_INFO) or {}
-        summary = read_json(run / layout.SUMMARY) or {}
+        info = layout.read_json(run / layout.RUN_INFO) or {}
+        summary = layout.read_json(run / layout.SUMMARY) or {}
     except ValueError as e:
         problems.append(str(e))
         info, summary = {}, {}

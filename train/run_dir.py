@@ -48,18 +48,12 @@ def read_json(path: Path) -> dict:
     """A JSON file of the run directory, {} where there is none. A damaged one (cut or edited)
     reads as none, with a warning naming it: the run writes it again, and resumes where its
     checkpoints allow."""
-    if not path.exists():
-        return {}
     try:
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            return data
-        raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return layout.read_json(path) or {}
+    except ValueError as e:
         if path not in _damaged:  # said once, however often it is read
             _damaged.add(path)
-            log.warning("%s is damaged (%s); read as absent, and written again by this run",
-                        path, e)
+            log.warning("%s; read as absent, and written again by this run", e)
         return {}
 
 

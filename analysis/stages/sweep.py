@@ -94,14 +94,12 @@ def settings_of(runs: list[Run], out: Path, workers: int = 1, device: str = "cpu
     last checkpoint) the runs that have none yet."""
     records, todo = {}, []
     for run in runs:
-        path = _record_path(out, run)
         try:
-            records[run.name] = json.loads(path.read_text())
-            continue
-        except FileNotFoundError:
-            pass
-        except ValueError:  # a torn record: calibrate again
-            log.warning("llc: %s is damaged; calibrating %s again", path, run.name)
+            if found := layout.read_json(_record_path(out, run)):
+                records[run.name] = found
+                continue
+        except ValueError as e:  # a torn record: calibrate again
+            log.warning("llc: %s; calibrating %s again", e, run.name)
         if chosen := (steps or {}).get(run.name, run.checkpoints()):
             todo.append((run, chosen[-1], device))
     for (run, step, _), found in zip(todo, _map(_calibrate, todo, workers), strict=True):
