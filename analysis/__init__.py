@@ -1,4 +1,6 @@
-"""Offline analysis of phaselab runs: score checkpoints, measure emergence, draw figures.
+"""Offline analysis of phaselab runs: score checkpoints, measure emergence, draw figures. A
+shared core (this package's modules) that knows no phenomenon by name, and one module or
+package per phenomenon under analysis.phenomena.
 
     from analysis import load_runs, score, plots
     runs = load_runs("multirun/2024-01-01/12-00-00")          # every run below the directory
@@ -18,13 +20,13 @@ import importlib
 
 from analysis.evaluate import Outputs, evaluate  # light (torch only), and shadows the module
 
-_MODULES = ("emergence", "mechanistic", "metrics", "plots", "summary")
+_MODULES = ("emergence", "metrics", "phenomena", "plots", "summary")
 _NAMES = {"Run": "analysis.runs", "find_runs": "analysis.runs", "score": "analysis.runs",
           "load_runs": "analysis.runs"}
 _RENAMED = {"load_runs": "find_runs"}
 
-__all__ = ["Outputs", "Run", "emergence", "evaluate", "find_runs", "load_runs", "mechanistic",
-           "metrics", "plots", "score", "summary"]
+__all__ = ["Outputs", "Run", "emergence", "evaluate", "find_runs", "load_runs", "metrics",
+           "phenomena", "plots", "score", "summary"]
 
 
 def __getattr__(name: str):

@@ -7,11 +7,12 @@
 Writes `<out>/scores.csv` (incremental: checkpoints already scored are not scored again),
 `<out>/summary.csv`, `<out>/figures/*.png` and `<out>/report.md`; `<out>` defaults to
 `<dir>/analysis`. `--transfer` instead reads the runs' final losses only and writes the
-learning-rate transfer view (analysis/transfer.py). `--forecast` (and any sweep of >= 4 model
-sizes) adds the forecast of the top `--holdout` rungs' exact match from the smaller ones
-(analysis/forecast.py): forecast.csv, forecast_steps.csv, a figure and a report section.
+learning-rate transfer view (analysis/phenomena/transfer.py). `--forecast` (and any sweep of >= 4
+model sizes) adds the forecast of the top `--holdout` rungs' exact match from the smaller ones
+(analysis/phenomena/forecast.py): forecast.csv, forecast_steps.csv, a figure and a report
+section.
 `--llc` adds the local learning coefficient of K log-spaced checkpoints per run and the stage
-boundaries on its curve (analysis/stages/). A bad run or checkpoint (one that fails its
+boundaries on its curve (analysis/phenomena/stages/). A bad run or checkpoint (one that fails its
 manifest, say) is reported as a warning, skipped, and listed in the report; a directory without
 any run exits with status 2. Tables that a re-run reads are written atomically.
 `python -m analysis.verify DIR` checks the runs without scoring.
@@ -27,11 +28,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis import forecast, plots, slices, subskills, summary, transfer
-from analysis.report import causal_section, log_to_wandb, markdown_table, write_report
+from analysis import plots, slices, summary
+from analysis.phenomena import forecast, transfer
+from analysis.phenomena.stages import detect as stages
+from analysis.phenomena.stages import sweep as llc_sweep
+from analysis.phenomena.subskills.report import slice_transitions
+from analysis.report import log_to_wandb, write_report
 from analysis.runs import Run, find_runs, score, write_csv
-from analysis.stages import detect as stages
-from analysis.stages import sweep as llc_sweep
 
 log = logging.getLogger("analysis")
 
@@ -145,17 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     table = summary.summarize(df)
     if len(boundaries := stages.summarize(df)):
         table = pd.concat([table, boundaries], ignore_index=True)
-    per_slice = summary.slice_transitions(by_slice)
-    write_csv(pd.concat([table, per_slice]), out / "summary.csv")
-    figures = plots.make_figures(df, runs, out / "figures")
-    figures += plots.slice_figures(by_slice, out / "figures")
-    sections = [s for s in [subskills.errors_section(by_slice, markdown_table, per_slice),
-                            causal_section(df), skipped_section(runs)] if s]
+    write_csv(pd.concat([table, slice_transitions(by_slice)]), out / "summary.csv")
+    figures = plots.make_figures(df, runs, out / "figures", by_slice)
+    sections = [s for s in [skipped_section(runs)] if s]
     has_answer = "eval/answer_logprob" in set(df["metric"])
     if has_answer and (args.forecast or forecast.rungs(df) > max(3, args.holdout + 1)):
         try:
             sections.append(forecast.write(df, forecast.answer_length(runs[0].task()), out,
-                                           args.holdout, markdown_table))
+                                           args.holdout))
         except ValueError as e:
             log.error("forecast: %s", e)
             if args.forecast:

@@ -1,5 +1,5 @@
-"""Emergence statistics over seeds: the tidy summary table, a way to read it, the verdicts and the
-findings they make.
+"""Emergence statistics over seeds: the tidy summary table and a way to read it. The verdicts and
+findings are each phenomenon's (analysis.phenomena).
 
 Every statistic of analysis.emergence is computed per seed (each seed's ladder of runs against
 parameters or FLOPs, each run's curve against steps), then averaged over the seeds that have a
@@ -26,9 +26,8 @@ staircase, not a step. summary.csv, one row per statistic:
 
 Read one statistic with `estimate(summary, "eval/exact_match", "breakthroughness")`, which
 returns (value, low, high); coordinates narrow it, e.g. `n_layers=2`. The transition of exact
-match on each slice of the eval set (`slice_transitions`) is there too, as metric
-`eval/exact_match@<slice>`: which sub-skill appears at which size or step. `findings` turns the
-summary into the report's opening sentences.
+match on each slice of the eval set (analysis.phenomena.subskills.report.slice_transitions) is
+there too, as metric `eval/exact_match@<slice>`: which sub-skill appears at which size or step.
 """
 
 from __future__ import annotations
@@ -38,14 +37,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from analysis import emergence
-from analysis.emergence import (
-    PER_HEAD_PREFIX,
-    PER_POSITION_PREFIX,
-    SIZE_COORDS,
-    TABLE_COLUMNS,
-    curve_statistics,
-)
+from analysis import emergence, phenomena
+from analysis.emergence import SIZE_COORDS, TABLE_COLUMNS, curve_statistics
 
 COLUMNS = ("axis", "metric", "statistic", "value", "low", "high", "n_seeds", "n_points", "note")
 # Two-sided 95% quantiles of Student's t with 1..30 degrees of freedom (the normal's 1.96 beyond).
@@ -53,12 +46,6 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 INTERVAL = "95% t-interval over seeds"
-# Sudden: breakthroughness (signed in the metric's direction) whose interval lies above this
-# many times a straight line's; a line through n rungs, equal steps, scores n - 1.
-SUDDEN_FACTOR = 2.0
-# Metrics that get a sudden-or-smooth verdict: the exact one and its continuous rescorings.
-VERDICT_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
-                   "eval/answer_logprob", "eval/brier")
 
 
 class Estimate(NamedTuple):
@@ -109,17 +96,15 @@ LOG_SCALE = ("breakthroughness",)
 # Statistics that cannot be negative (steps, x values, a plateau's length in drops): their
 # t-interval is cut at zero. The true mean lies in the range, so the cut interval covers it as
 # often as the whole one does, and never names an impossible value.
-NON_NEGATIVE = ("transition", "memorization_step", "generalization_step", "grokking_ratio",
-                "restricted_halved_step", "phase_change_step", "phase_change_start",
-                "phase_change_end", "head_formation_step", "drop_start", "drop_end",
-                "abruptness")
+# Each phenomenon names its own (NON_NEGATIVE of analysis.phenomena).
+NON_NEGATIVE = ("transition",)
 
 
 def _over_seeds(per_seed: list[tuple[float, str]], statistic: str = "") -> dict:
     """One summary row's value, interval and note from each seed's (value, why none)."""
     over = log_t_interval if statistic in LOG_SCALE else t_interval
     interval = over([value for value, _ in per_seed])
-    if statistic in NON_NEGATIVE and interval["low"] < 0:
+    if statistic in (*NON_NEGATIVE, *phenomena.gather("NON_NEGATIVE")) and interval["low"] < 0:
         interval["low"] = 0.0
     missing = [why for value, why in per_seed if np.isnan(value)]
     note = missing[0] if missing else ""
@@ -178,7 +163,7 @@ def summarize(df: pd.DataFrame, over: str = "seeds") -> pd.DataFrame:
     table says (its `finite_train_set` column, `mark_training_sets`)."""
     if over not in ("mean", "seeds"):
         raise ValueError(f"over={over!r}: expected 'mean' or 'seeds'")
-    df = df[~df["metric"].str.startswith((PER_HEAD_PREFIX, PER_POSITION_PREFIX))]
+    df = df[~df["metric"].str.startswith(phenomena.gather("EXCLUDED"))]
     coords = [c for c in df.columns if c not in TABLE_COLUMNS]
     last = df[df["step"] == df.groupby("run")["step"].transform("max")]
     rows = []
@@ -223,31 +208,6 @@ def mark_training_sets(df: pd.DataFrame, runs) -> pd.DataFrame:
     return df.assign(finite_train_set=df["run"].map(finite).fillna(True).astype(bool))
 
 
-def solved_share(df: pd.DataFrame, metric: str = "eval/exact_match",
-                 threshold: float = 0.5) -> pd.DataFrame:
-    """Per series and rung at each run's last checkpoint: the share of seeds whose `metric`
-    reaches `threshold` (`solved`) and the number of seeds (`n`)."""
-    rows = df[df["metric"] == metric]
-    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
-    keys = [c for c in rows.columns if c not in TABLE_COLUMNS and c != "seed"
-            and c not in SIZE_COORDS and rows[c].nunique(dropna=False) > 1]
-    return (rows.assign(solved=rows["value"] >= threshold)
-            .groupby([*keys, "params"], dropna=False)["solved"]
-            .agg(solved="mean", n="count").reset_index())
-
-
-def slice_transitions(by_slice: pd.DataFrame, metric: str = "eval/exact_match") -> pd.DataFrame:
-    """Summary rows of the `transition` of `metric` on every slice (see analysis.slices), along
-    parameters, FLOPs and steps, with intervals over seeds; the metric is named
-    `<metric>@<slice>` (`eval/exact_match@carries=2`), so the whole-set rows stay unique."""
-    rows = by_slice[(by_slice["metric"] == metric) & (by_slice["slice"] != "all")]
-    if rows.empty:
-        return pd.DataFrame(columns=COLUMNS)
-    rows = rows.assign(metric=metric + "@" + rows["slice"]).drop(columns="slice")
-    table = summarize(rows)
-    return table[table["statistic"] == "transition"].reset_index(drop=True)
-
-
 def select(summary: pd.DataFrame, metric: str, statistic: str, axis: str | None = None,
            **coords) -> pd.DataFrame:
     """The rows of `summary` for (metric, statistic), on `axis` if given, with these
@@ -271,7 +231,13 @@ def estimate(summary: pd.DataFrame, metric: str, statistic: str, axis: str | Non
     return Estimate(float(row["value"]), float(row["low"]), float(row["high"]))
 
 
-def _number(value: float) -> str:
+def find_row(rows: pd.DataFrame, metric: str, statistic: str):
+    """The first of `rows` for (metric, statistic), or None."""
+    found = rows[(rows["metric"] == metric) & (rows["statistic"] == statistic)]
+    return found.iloc[0] if len(found) else None
+
+
+def number(value: float) -> str:
     """3 significant digits; steps and parameter counts from 1,000 to 10 million in full."""
     if np.isfinite(value) and 1000 <= abs(value) < 1e7:
         return f"{value:,.0f}"
@@ -283,13 +249,13 @@ def describe(row, seeds: bool = True) -> str:
     the number of seeds if not `seeds`."""
     if np.isnan(row["value"]):
         return row["note"] if isinstance(row["note"], str) else ""
-    text = _number(row["value"])
+    text = number(row["value"])
     if row["n_seeds"] == 1:
         text += " (1 seed)" if seeds else ""
     elif not np.isfinite(row["value"]):
         text += f" ({row['n_seeds']:.0f} seeds, no interval: infinite in some seed)"
     else:
-        text += f" [{_number(row['low'])}, {_number(row['high'])}]"
+        text += f" [{number(row['low'])}, {number(row['high'])}]"
         text += f", {row['n_seeds']:.0f} seeds" if seeds else ""
     if isinstance(row["note"], str) and row["note"]:
         text += f"; {row['note']}"
@@ -303,185 +269,3 @@ def series_labels(rows: pd.DataFrame) -> pd.Series:
                                 for k, v in zip(keys, values, strict=True) if pd.notna(v))
                       or "all runs" for values in rows[keys].itertuples(index=False)],
                      index=rows.index)
-
-
-def sudden_or_smooth(row) -> str:
-    """Sudden when the breakthroughness interval (signed so the metric improves upwards) lies
-    above SUDDEN_FACTOR times a straight line's through the same rungs, smooth when it lies
-    below, unclear when it straddles; with one seed, the value decides and "1 seed" says so."""
-    if np.isnan(row["value"]):
-        return f"no verdict ({row['note']})"
-    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
-    sign = -1.0 if row["value"] < 0 else 1.0
-    bounds = sorted([sign * row["low"], sign * row["high"]])
-    if np.isnan(bounds).any():
-        bounds = [sign * row["value"]] * 2
-    word = "sudden" if bounds[0] > threshold else "smooth" if bounds[1] < threshold else "unclear"
-    return f"{word} (breakthroughness {describe(row)}; threshold {threshold:.3g})"
-
-
-def _row(rows: pd.DataFrame, metric: str, statistic: str):
-    found = rows[(rows["metric"] == metric) & (rows["statistic"] == statistic)]
-    return found.iloc[0] if len(found) else None
-
-
-def _phase_change(rows: pd.DataFrame) -> str:
-    """The induction verdict of one series: its phase change and whether the head forms there."""
-    change = _row(rows, "induction_loss", "phase_change_step")
-    if np.isnan(change["value"]):
-        text = f"phase change: {change['note']}"
-    else:
-        start, end = (_row(rows, "induction_loss", f"phase_change_{name}")["value"]
-                      for name in ("start", "end"))
-        text = f"phase change at step {describe(change)}, window {_number(start)}-{_number(end)}"
-    head = _row(rows, "prefix_matching_max", "head_formation_step")
-    if head is None:
-        return text
-    formed = ("induction head: " + head["note"] if np.isnan(head["value"])
-              else f"induction head formed at step {describe(head)}")
-    coincides = _row(rows, "induction_loss", "coincides_with_prefix_matching")
-    if np.isnan(coincides["value"]):
-        return f"{text}; {formed}"
-    share = ("coinciding with" if coincides["value"] == 1 else "not coinciding with"
-             if coincides["value"] == 0 else
-             f"coinciding (in {coincides['value']:.0%} of {coincides['n_seeds']:.0f} seeds) with")
-    return f"{text}, {share} the rise of prefix matching ({formed})"
-
-
-def _grokking(rows: pd.DataFrame) -> str | None:
-    """The grokking verdict of one series, where its training set is memorized and test
-    accuracy does not reach 0.99 at the same evaluation in every seed (as it does where the
-    training data are fresh samples: nothing is memorized there, and no delay to report)."""
-    memorized = _row(rows, "eval/exact_match", "memorization_step")
-    if memorized is None or np.isnan(memorized["value"]):
-        return None
-    generalized = _row(rows, "eval/exact_match", "generalization_step")
-    ratio = _row(rows, "eval/exact_match", "grokking_ratio")
-    if ratio["value"] == 1 and not ratio["high"] > 1:
-        return None
-    if np.isnan(generalized["value"]):
-        return f"grokking: memorized at step {describe(memorized)}; {generalized['note']}"
-    seeds = "1 seed" if ratio["n_seeds"] == 1 else f"{ratio['n_seeds']:.0f} seeds"
-    return (f"grokking: generalized {describe(ratio, seeds=False)} times as late as it "
-            f"memorized (steps {describe(generalized, seeds=False)} and "
-            f"{describe(memorized, seeds=False)}; {seeds})")
-
-
-def _sizes(rows: pd.DataFrame) -> list[str]:
-    """Sudden or smooth, per metric of one series; one line when no metric has a value."""
-    if rows["value"].isna().all() and rows["note"].nunique() == 1:
-        return [f"sudden or smooth: no verdict ({rows['note'].iloc[0]})"]
-    return [f"{row['metric']}: {sudden_or_smooth(row)}" for _, row in rows.iterrows()]
-
-
-def verdicts(summary: pd.DataFrame) -> list[str]:
-    """One line per series and finding, computed from the summary: sudden or smooth against
-    parameters (`sudden_or_smooth`) for each of VERDICT_METRICS where the series has more than
-    one size, the induction phase change
-    and whether it coincides with the head's formation, grokking's delay."""
-    lines = []
-    sizes = summary[(summary["axis"] == "params") & (summary["statistic"] == "breakthroughness")
-                    & summary["metric"].isin(VERDICT_METRICS) & (summary["n_points"] > 1)]
-    for series, rows in sizes.groupby(series_labels(sizes), sort=False):
-        lines += [f"{series}: {line}" for line in _sizes(rows)]
-    steps = summary[summary["axis"] == "step"]
-    for series, rows in steps.groupby(series_labels(steps), sort=False):
-        if (rows["statistic"] == "phase_change_step").any():
-            lines.append(f"{series}: {_phase_change(rows)}")
-        grokking = _grokking(rows)
-        if grokking:
-            lines.append(f"{series}: {grokking}")
-    return lines
-
-
-# --- findings: the report's opening sentences -------------------------------------------------
-
-READABLE = {"eval/exact_match": "exact match", "eval/token_accuracy": "token accuracy",
-            "eval/edit_distance": "edit distance", "eval/answer_logprob": "answer log-probability",
-            "eval/brier": "Brier score"}
-
-
-AXIS_NAMES = {"params": "parameters", "flops": "training FLOPs", "step": "steps"}
-MIN_STEPS = 5  # evaluations a curve along steps needs for its transition
-
-
-def seeds_to_decide(row) -> str:
-    """Where a verdict is unclear: about how many more seeds would move the interval off the
-    threshold if it narrowed as 1/sqrt(seeds) around the same value; "" where that estimate
-    would not be honest (the value at the threshold, or more than four times the seeds)."""
-    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
-    value, half = abs(row["value"]), (row["high"] - row["low"]) / 2
-    distance, n = abs(value - threshold), row["n_seeds"]
-    if not (np.isfinite(half) and distance > 0 and n > 1):
-        return ""
-    needed = int(np.ceil(n * (half / distance) ** 2))
-    if needed > 4 * n:
-        return ("; the value sits so near the threshold that no affordable number of seeds "
-                "would decide it at this spread")
-    return f"; about {needed - n:.0f} more seeds per rung would decide it at this spread"
-
-
-def _verdict_sentence(row) -> str:
-    verdict = sudden_or_smooth(row)
-    word = verdict.split(" ", 1)[0]
-    name = READABLE.get(row["metric"], row["metric"])
-    threshold = SUDDEN_FACTOR * (row["n_points"] - 1)
-    if word == "no":
-        return f"{name.capitalize()}: {verdict}."
-    text = {"sudden": "improves suddenly with size", "smooth": "improves smoothly with size",
-            "unclear": "is unclear between sudden and smooth"}[word]
-    return (f"{name.capitalize()} {text}: breakthroughness {describe(row)} against the "
-            f"threshold {threshold:.3g} ({SUDDEN_FACTOR:g} x a straight line's over "
-            f"{row['n_points']:.0f} rungs)" + (seeds_to_decide(row) if word == "unclear" else "")
-            + ".")
-
-
-def findings(evidence) -> list[str]:
-    """Per series with several sizes: a sentence per verdict, where exact match's transition
-    lies (parameters, FLOPs, and steps for the largest model), and which rungs the seeds
-    solved."""
-    table, lines = evidence.summary, []
-    if table is None or table.empty:
-        return lines
-    labels = series_labels(table)
-    sizes = (table["axis"] == "params") & (table["n_points"] > 1)
-    verdicts = table[sizes & (table["statistic"] == "breakthroughness")
-                     & table["metric"].isin(VERDICT_METRICS)]
-    for series in dict.fromkeys(labels[verdicts.index]):
-        prefix = "" if series == "all runs" else f"{series}: "
-        rows = verdicts[labels[verdicts.index] == series]
-        lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
-        crossing = table[(labels == series) & (table["metric"] == "eval/exact_match")
-                         & (table["statistic"] == "transition") & table["value"].notna()]
-        where = [f"{describe(r, seeds=False)} {AXIS_NAMES[r['axis']]}"
-                 for _, r in crossing.iterrows() if r["axis"] in ("params", "flops")]
-        if where:
-            lines.append(prefix + "Exact match crosses the middle of its range at "
-                         + " and ".join(where) + ".")
-    if evidence.scores is not None and len(evidence.scores):
-        lines += _solved(evidence.scores)
-        lines += _top_rung_steps(table, evidence.scores)
-    return lines
-
-
-def _solved(scores: pd.DataFrame) -> list[str]:
-    share = solved_share(scores)
-    if share.empty or share["params"].nunique() < 2:
-        return []
-    cells = ", ".join(f"{int(r['params']):,}: {round(r['solved'] * r['n']):.0f}/{r['n']:.0f}"
-                      for _, r in share.iterrows())
-    return [f"Seeds that solved each rung (exact match >= 0.5 at the last checkpoint; "
-            f"parameters: solved/seeds): {cells}."]
-
-
-def _top_rung_steps(table: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
-    """Where the largest model's exact match crosses mid-range along steps."""
-    rows = select(table, "eval/exact_match", "transition", "step")
-    if rows.empty or "d_model" not in rows or scores["step"].nunique() < MIN_STEPS:
-        return []
-    top = rows[rows["d_model"] == rows["d_model"].max()]
-    if top.empty or not np.isfinite(top["value"].iloc[0]):
-        return []
-    return [f"The largest model (d_model={top['d_model'].iloc[0]:g}) crosses it along training "
-            f"at step {describe(top.iloc[0])}."]
-

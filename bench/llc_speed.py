@@ -1,6 +1,6 @@
 """The cost of the local learning coefficient per checkpoint (`python -m analysis DIR --llc`):
-seconds per estimate under the default sampler settings (analysis/stages/llc.py: 2 chains x
-(40 burn-in + 100 draws) SGLD steps at batch 64), for the models and training data of the
+seconds per estimate under the default sampler settings (analysis/phenomena/stages/llc.py: 2
+chains x (40 burn-in + 100 draws) SGLD steps at batch 64), for the models and training data of the
 experiments whose stages the docs show, and of one head's refined LLC (the same forward and
 backward passes; only the weights that move differ). A calibration costs up to 9 estimates per
 run (the grid), stopping at the first (n_beta, localization) with a flat step-size range.
@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import tasks
-from analysis.stages import llc
+from analysis.phenomena.stages import llc
 from bench.timing import median, table, timed
 from models import GPT
 from train.config import register

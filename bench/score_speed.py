@@ -54,7 +54,7 @@ def main(quick: bool, device: torch.device) -> str:
         def score_all(kv_cache: bool = True):
             shutil.rmtree(out, ignore_errors=True)  # score everything: nothing cached
             chosen = functools.partial(evaluate, kv_cache=kv_cache)
-            with mock.patch("analysis.mechanistic.evaluate", chosen):
+            with mock.patch("analysis.scoring.evaluate", chosen):
                 return score(sweep, out=out, device=str(device))
 
         scored = score_all()

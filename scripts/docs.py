@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.report import markdown_table
+from analysis.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "experiments.md"
@@ -149,6 +149,7 @@ def method_table(outs: dict[str, Path], metrics=("eval/exact_match", "eval/token
     summarizing seeds (analysis.summary.summarize's `over`): statistics of the seed-mean curve
     with a bootstrap over seeds, and per-seed statistics with their t-interval."""
     from analysis import summary
+    from analysis.phenomena.mirage import sudden_or_smooth
 
     rows = []
     for name, out in outs.items():
@@ -159,7 +160,7 @@ def method_table(outs: dict[str, Path], metrics=("eval/exact_match", "eval/token
                             ("seeds", "per seed, t-interval (log)")):
             table = summary.summarize(scores, over=over)
             rows.append({"seeds": name, "statistics": label, **{
-                metric.removeprefix("eval/"): summary.sudden_or_smooth(summary.select(
+                metric.removeprefix("eval/"): sudden_or_smooth(summary.select(
                     table, metric, "breakthroughness", "params").iloc[0]).replace(
                         "breakthroughness ", "")
                 for metric in metrics}})

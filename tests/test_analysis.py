@@ -22,9 +22,14 @@ from omegaconf import OmegaConf
 
 import models
 import tasks
-from analysis import emergence, mechanistic, metrics, plots, report, runs, scoring, summary
+from analysis import emergence, metrics, plots, report, runs, scoring, summary
 from analysis.__main__ import main
 from analysis.evaluate import Outputs, evaluate
+from analysis.phenomena import mirage
+from analysis.phenomena.grokking import measures as grokking_measures
+from analysis.phenomena.grokking import report as grokking
+from analysis.phenomena.induction import measures as induction_measures
+from analysis.phenomena.induction import report as induction
 from tasks import Batch
 
 STOP = 9
@@ -235,21 +240,21 @@ def test_prefix_matching_is_one_for_an_induction_head_and_the_uniform_baseline_o
     layer1 = torch.stack([induction, uniform], dim=1)
     model = FakeAttention([layer0, layer1])
 
-    score = mechanistic.prefix_matching(model, batch)
+    score = induction_measures.prefix_matching(model, batch)
     counted = torch.arange(seq)[batch.attend[0] >= 0]
     baseline = (1 / (counted + 1)).mean().item()
     assert score.shape == (2, 2)
     assert score[1, 0].item() == pytest.approx(1.0)
     assert score[0, 0].item() == pytest.approx(baseline)
     assert score[1, 1].item() == pytest.approx(baseline)
-    assert mechanistic.previous_token_score(model, batch)[0, 1].item() == pytest.approx(1.0)
+    assert induction_measures.previous_token_score(model, batch)[0, 1].item() == pytest.approx(1.0)
 
 
 def test_prefix_matching_on_a_real_model_reads_its_attention_patterns():
     batch = repeated_batch(half=4)
     task = SimpleNamespace(vocab=[str(i) for i in range(20)], seq_len=batch.tokens.shape[1])
     model = tiny_gpt(task, n_layers=2)
-    score = mechanistic.prefix_matching(model, batch)
+    score = induction_measures.prefix_matching(model, batch)
     assert score.shape == (2, 2)
     assert ((score > 0) & (score < 1)).all()
 
@@ -312,9 +317,10 @@ def test_icl_score_and_induction_loss_read_the_per_position_losses():
     attend = torch.tensor([[-1, -1, -1, 1, 2, 3]] * 2)
     out = Outputs(logprob=logprob, correct=torch.zeros(2, 6, dtype=torch.bool),
                   brier=torch.zeros(2, 6), mask=torch.ones(2, 6, dtype=torch.bool), attend=attend)
-    assert mechanistic.icl_score(out) == pytest.approx(0.1 - 4.0)  # last (5) minus 5 // 10 = 0
-    assert mechanistic.icl_score(out, early=2, late=4) == pytest.approx(0.5 - 3.0)
-    assert mechanistic.induction_loss(out) == pytest.approx((1.0 + 0.5 + 0.1) / 3)
+    # last (5) minus 5 // 10 = 0
+    assert induction_measures.icl_score(out) == pytest.approx(0.1 - 4.0)
+    assert induction_measures.icl_score(out, early=2, late=4) == pytest.approx(0.5 - 3.0)
+    assert induction_measures.induction_loss(out) == pytest.approx((1.0 + 0.5 + 0.1) / 3)
 
 
 def test_fourier_embedding_finds_the_frequency_an_embedding_is_built_from():
@@ -324,10 +330,10 @@ def test_fourier_embedding_finds_the_frequency_an_embedding_is_built_from():
     weight[:p, 0] = torch.cos(2 * math.pi * k * x / p)
     weight[:p, 1] = 3 * torch.sin(2 * math.pi * k * x / p)
     model = SimpleNamespace(embed=torch.nn.Embedding.from_pretrained(weight))
-    view = mechanistic.fourier_embedding(model, p, n_key=1)
+    view = grokking_measures.fourier_embedding(model, p, n_key=1)
     assert view["key_frequencies"] == [k]
     assert view["top_fraction"] == pytest.approx(1.0)
-    random = mechanistic.fourier_embedding(
+    random = grokking_measures.fourier_embedding(
         SimpleNamespace(embed=torch.nn.Embedding(p + 1, 32)), p, n_key=1)
     assert random["top_fraction"] < 0.5
 
@@ -337,7 +343,7 @@ def test_weight_norm_is_the_sum_of_squared_parameters():
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, 2.0]]))
         layer.bias.fill_(3.0)
-    assert mechanistic.weight_norm(layer) == pytest.approx(14.0)
+    assert grokking_measures.weight_norm(layer) == pytest.approx(14.0)
 
 
 # --- emergence ----------------------------------------------------------------------------
@@ -370,11 +376,11 @@ def test_grokking_steps_finds_memorization_then_generalization():
     steps = np.arange(0, 5000, 50)
     train = np.clip(steps / 400, 0, 1)
     test = 1 / (1 + np.exp(-(steps - 3000) / 100))
-    grok = emergence.grokking_steps(steps, train, test)
+    grok = grokking.grokking_steps(steps, train, test)
     assert grok["memorization_step"] == 400
     assert 3400 <= grok["generalization_step"] <= 3500
     assert grok["ratio"] == pytest.approx(grok["generalization_step"] / 400)
-    assert math.isnan(emergence.grokking_steps(steps, train, test * 0.5)["generalization_step"])
+    assert math.isnan(grokking.grokking_steps(steps, train, test * 0.5)["generalization_step"])
 
 
 EVALS = np.arange(0, 3001, 100)
@@ -386,40 +392,40 @@ def sigmoid_drop(at: float, low: float = 0.5) -> np.ndarray:
 
 
 def test_a_sharp_drop_is_a_phase_change_at_the_step_where_it_falls():
-    change = emergence.phase_change(EVALS, sigmoid_drop(800))
+    change = induction.phase_change(EVALS, sigmoid_drop(800))
     assert change["step"] == pytest.approx(800, abs=20)
     assert change["start"] <= 800 <= change["end"]
     assert change["end"] - change["start"] <= 0.2 * 3000  # the window: a fifth of training
     assert change["largest_fall"] >= change["required_fall"] == pytest.approx(0.5 * 4.2, rel=0.01)
     spiky = sigmoid_drop(1500)
     spiky[5] = 0.1  # one evaluation's dip (an instability) long before: no phase change there
-    assert emergence.phase_change(EVALS, spiky)["step"] == pytest.approx(1500, abs=20)
+    assert induction.phase_change(EVALS, spiky)["step"] == pytest.approx(1500, abs=20)
 
 
 def test_a_slow_decline_or_a_small_fall_has_no_phase_change():
     for slow in (4.2 - 3.7 * EVALS / 3000, 0.5 + 3.7 * np.exp(-EVALS / 1000)):
-        assert math.isnan(emergence.phase_change(EVALS, slow)["step"])
+        assert math.isnan(induction.phase_change(EVALS, slow)["step"])
     # Most of its (small) range within the window, but far from half its initial value: a model
     # that barely learns (1 layer: from 4.2 to ~2.6).
     small = sigmoid_drop(800, low=2.6)
-    change = emergence.phase_change(EVALS, small)
+    change = induction.phase_change(EVALS, small)
     assert math.isnan(change["step"])
     assert change["largest_fall"] > 0.5 * (small[0] - small[-1])
     assert change["largest_fall"] < change["required_fall"]
-    assert math.isnan(emergence.phase_change(EVALS, 8.4 - sigmoid_drop(800))["step"])  # rises
+    assert math.isnan(induction.phase_change(EVALS, 8.4 - sigmoid_drop(800))["step"])  # rises
 
 
 def test_a_phase_change_coincides_only_with_a_head_formed_in_its_window():
-    change = emergence.phase_change(EVALS, sigmoid_drop(800))
-    tolerance = emergence.COINCIDENCE_TOLERANCE * 3000
-    head = emergence.head_formation_step(EVALS, 0.85 / (1 + np.exp(-(EVALS - 800) / 60)))
+    change = induction.phase_change(EVALS, sigmoid_drop(800))
+    tolerance = induction.COINCIDENCE_TOLERANCE * 3000
+    head = induction.head_formation_step(EVALS, 0.85 / (1 + np.exp(-(EVALS - 800) / 60)))
     assert head == 900  # the first evaluation at or above 0.5 (0.43 at step 800, 0.71 at 900)
-    assert emergence.phase_change_coincides(change, head, tolerance) == 1.0
-    late = emergence.head_formation_step(EVALS, 0.85 / (1 + np.exp(-(EVALS - 2000) / 60)))
-    assert emergence.phase_change_coincides(change, late, tolerance) == 0.0
-    never = emergence.head_formation_step(EVALS, np.full(len(EVALS), 0.12))
+    assert induction.phase_change_coincides(change, head, tolerance) == 1.0
+    late = induction.head_formation_step(EVALS, 0.85 / (1 + np.exp(-(EVALS - 2000) / 60)))
+    assert induction.phase_change_coincides(change, late, tolerance) == 0.0
+    never = induction.head_formation_step(EVALS, np.full(len(EVALS), 0.12))
     assert math.isnan(never)
-    assert math.isnan(emergence.phase_change_coincides(change, never, tolerance))
+    assert math.isnan(induction.phase_change_coincides(change, never, tolerance))
 
 
 def induction_scores(drops: dict, heads: dict, seeds=(0,)) -> pd.DataFrame:
@@ -451,7 +457,7 @@ def test_the_summary_names_a_coinciding_phase_change_only_where_a_head_forms_at_
                             n_layers=3).value == 0.0  # the head forms 1,200 steps later
     none = summary.select(table, "induction_loss", "phase_change_step", n_layers=1).iloc[0]
     assert math.isnan(none["value"]) and none["note"].startswith("none: largest fall")
-    lines = summary.verdicts(table)
+    lines = report.verdicts(table)
     assert any(line.startswith("n_layers=2: phase change at step") and
                "coinciding with the rise of prefix matching" in line for line in lines)
     assert any(line.startswith("n_layers=3: phase change at step") and
@@ -487,7 +493,7 @@ def test_the_grokking_verdict_gives_the_delay_over_seeds_or_says_none():
         for metric, curve in (("train_eval/exact_match", train), ("eval/exact_match", test)):
             rows += [{**common, "step": step, "metric": metric, "value": value}
                      for step, value in zip(steps, curve, strict=True)]
-    lines = summary.verdicts(summary.summarize(pd.DataFrame(rows)))
+    lines = report.verdicts(summary.summarize(pd.DataFrame(rows)))
     assert len(lines) == 2  # one size: no sudden-or-smooth line; no delay at 0.5: no line
     assert lines[1].startswith("weight_decay=1: grokking: generalized 14 [")  # 13.5 and 14.5
     assert "(steps 1,400 [" in lines[1] and "; 2 seeds)" in lines[1]
@@ -588,7 +594,7 @@ def test_one_seed_gives_no_interval_and_is_reported_as_1_seed():
     row = summary.select(table, "eval/exact_match", "breakthroughness", axis="params").iloc[0]
     assert row["n_seeds"] == 1 and math.isnan(row["low"]) and math.isnan(row["high"])
     assert summary.describe(row) == f"{row['value']:.3g} (1 seed)"
-    assert any("(1 seed)" in line for line in summary.verdicts(table))
+    assert any("(1 seed)" in line for line in report.verdicts(table))
 
 
 def test_a_three_rung_ladder_gets_no_breakthroughness_number_and_says_why():
@@ -597,8 +603,8 @@ def test_a_three_rung_ladder_gets_no_breakthroughness_number_and_says_why():
     assert math.isnan(row["value"])
     assert row["note"] == "3 rungs: too few for breakthroughness (needs 5)"
     assert ("all runs: sudden or smooth: no verdict (3 rungs: too few for breakthroughness "
-            "(needs 5))") in summary.verdicts(table)
-    assert report.too_few_rungs(table) == ("3 rungs: too few for transition, sharpness, "
+            "(needs 5))") in report.verdicts(table)
+    assert mirage.too_few_rungs(table) == ("3 rungs: too few for transition, sharpness, "
                                            "linearity, breakthroughness (needs 5).")
 
 
@@ -619,14 +625,14 @@ def test_a_sigmoid_in_log_params_is_sudden_and_a_line_is_smooth():
     table = summary.summarize(ladder_scores({
         "eval/exact_match": lambda n, seed: 1 / (1 + np.exp(-6 * (n - 5.2 - 0.1 * seed))),
         "eval/token_accuracy": lambda n, seed: (n - 3) / 4 + 0.01 * noise.normal()}))
-    lines = summary.verdicts(table)
+    lines = report.verdicts(table)
     assert any(line.startswith("all runs: eval/exact_match: sudden (breakthroughness")
                and "3 seeds" in line for line in lines)
     assert any(line.startswith("all runs: eval/token_accuracy: smooth") for line in lines)
     # An interval across the threshold (2 x 8 steps) decides nothing.
     across = {"value": 15.0, "low": 10.0, "high": 20.0, "n_seeds": 3, "n_points": 9, "note": ""}
-    assert summary.sudden_or_smooth(across).startswith("unclear")
-    assert summary.sudden_or_smooth({**across, "low": 17.0}).startswith("sudden")
+    assert mirage.sudden_or_smooth(across).startswith("unclear")
+    assert mirage.sudden_or_smooth({**across, "low": 17.0}).startswith("sudden")
 
 
 def test_summarize_finds_the_plateau_and_drop_of_each_seeds_eval_loss():

@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 
 import tasks
 from analysis import slices
-from analysis.emergence import grokking_steps, plateau_drop
 from analysis.evaluate import evaluate
+from analysis.phenomena.grokking.report import grokking_steps
+from analysis.phenomena.plateau import plateau_drop
 from analysis.runs import find_runs
 from analysis.summary import estimate
 from train.config import Config, register

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 
 import tasks
-from analysis import plots, report, subskills, summary
-from analysis.mechanistic import POSITION_PREFIX
+from analysis import phenomena, plots, report, summary
+from analysis.phenomena import mirage
+from analysis.phenomena.induction import figures as induction_figures
+from analysis.phenomena.subskills import POSITION_PREFIX
+from analysis.phenomena.subskills import report as subskills
 
 STEPS = np.array([0, 250, 500, 1000, 1500, 2000, 2500, 3000])
 RUNGS = {8: 2096, 12: 4296, 16: 7264, 20: 10_800, 24: 15_504, 32: 26_816}
@@ -63,10 +66,10 @@ def by_slice(df: pd.DataFrame) -> pd.DataFrame:
 FIGURES = {
     "metric_vs_step": lambda df: plots.metric_vs_step(df, "eval/exact_match"),
     "metric_vs_params": lambda df: plots.metric_vs_params(df, "eval/exact_match"),
-    "mirage": plots.mirage,
-    "induction_phase_change": plots.induction_phase_change,
-    "answer_positions": plots.answer_positions,
-    "exact_match_by_slice": lambda df: plots.exact_match_by_slice(by_slice(df), "len_a"),
+    "mirage": mirage.mirage,
+    "induction_phase_change": induction_figures.induction_phase_change,
+    "answer_positions": subskills.answer_positions,
+    "exact_match_by_slice": lambda df: subskills.exact_match_by_slice(by_slice(df), "len_a"),
 }
 
 
@@ -136,12 +139,12 @@ def test_a_finite_training_set_is_read_from_the_task_each_run_builds():
 def test_fresh_data_gets_no_grokking_statistics_and_the_report_says_why(tmp_path):
     finite = summary.summarize(grokking_table(True))
     assert len(summary.select(finite, "eval/exact_match", "grokking_ratio"))
-    assert any("grokking: generalized" in line for line in summary.verdicts(finite))
+    assert any("grokking: generalized" in line for line in report.verdicts(finite))
     fresh_scores = grokking_table(False)
     fresh = summary.summarize(fresh_scores)
     grokking = ("memorization_step", "generalization_step", "grokking_ratio")
     assert not fresh["statistic"].isin(grokking).any()
-    assert not any("grokking" in line for line in summary.verdicts(fresh))
+    assert not any("grokking" in line for line in report.verdicts(fresh))
     text = report.write_report(fresh_scores, fresh, [], [], tmp_path, "fresh").read_text()
     events = text.split("## Events during training")[1]
     assert "no finite training set to memorize" in events
@@ -188,16 +191,17 @@ def test_an_unclear_verdict_estimates_the_seeds_that_would_decide_it_only_where_
     row = {"metric": "eval/exact_match", "value": 14.0, "low": 8.0, "high": 20.0,
            "n_seeds": 5, "n_points": 6, "note": ""}
     # The half-width 6 must shrink to the distance 4: 5 x (6 / 4)^2 = 11.25 -> 12 seeds.
-    assert summary.seeds_to_decide(row) == ("; about 7 more seeds per rung would decide it at "
+    assert mirage.seeds_to_decide(row) == ("; about 7 more seeds per rung would decide it at "
                                             "this spread")
-    assert "no affordable" in summary.seeds_to_decide({**row, "value": 10.5})
+    assert "no affordable" in mirage.seeds_to_decide({**row, "value": 10.5})
 
 
 def test_a_phenomenon_joins_the_findings_and_sections_with_one_line(tmp_path, monkeypatch):
     stages = types.SimpleNamespace(
         findings=lambda evidence: [f"{evidence.scores['run'].nunique()} runs in stages."],
         section=lambda evidence: "## Developmental stages\n\ntwo stages")
-    monkeypatch.setattr(report, "PHENOMENA", (*report.PHENOMENA, stages))
+    registered = phenomena.modules()
+    monkeypatch.setattr(phenomena, "modules", lambda: (*registered, stages))
     scores = ladder()
     text = report.write_report(scores, summary.summarize(scores), [], [], tmp_path,
                                "x").read_text()
@@ -210,8 +214,8 @@ def test_a_phenomenon_joins_the_findings_and_sections_with_one_line(tmp_path, mo
 
 def test_the_slice_transition_table_names_each_rows_series():
     df = scores_table(30)
-    table = summary.slice_transitions(by_slice(df))
-    text = subskills.errors_section(by_slice(df), report.markdown_table, table)
+    table = subskills.slice_transitions(by_slice(df))
+    text = subskills.errors_section(by_slice(df), table)
     rows = text.split("crosses later is a sub-skill that appears later.")[1]
     assert rows.strip().startswith("| axis | series | slice | transition |")
     assert "| step | d_model=32 | len_a=1 |" in rows

@@ -12,8 +12,11 @@ import pytest
 import torch
 from experiment_runs import by_coordinate, train
 
-from analysis import forecast, progress, scoring, transfer
+from analysis import scoring
 from analysis.__main__ import main as analysis_main
+from analysis.phenomena import forecast, transfer
+from analysis.phenomena.grokking import measures as progress
+from analysis.phenomena.grokking import report as grokking
 from analysis.summary import estimate
 
 # A synthetic ladder from a known law: per-token answer loss 100 N^-0.6, answers of 5 tokens.
@@ -146,7 +149,7 @@ def test_lead_finds_the_restricted_loss_halving_before_test_accuracy_moves():
         "restricted_loss": np.where(steps < 300, 0.8, 0.1),
         "excluded_loss": 1.5 + steps / 100,
     }, index=steps)
-    lead = progress.lead(curve)
+    lead = grokking.lead(curve)
     assert lead["memorization_step"] == 100 and lead["restricted_halved_step"] == 300
     assert lead["generalization_step"] == 900 and lead["lead_steps"] == 600
     assert lead["lead_evaluations"] == 12
@@ -186,7 +189,7 @@ def test_restricted_loss_halves_several_evaluations_before_test_accuracy_rises(g
     assert analysis_main([str(decayed.path), "--out", str(tmp_path)]) == 0
     scores = pd.read_csv(tmp_path / "scores.csv")
     curve = scores.pivot_table(index="step", columns="metric", values="value")
-    lead = progress.lead(curve)
+    lead = grokking.lead(curve)
     assert lead["memorization_step"] <= 300
     assert lead["lead_evaluations"] >= 4  # checkpoints (every 50 steps) before 0.95
     assert lead["excluded_ratio"] > 1.0

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tasks
-from analysis import metrics, scoring, slices, summary
+from analysis import metrics, scoring, slices
 from analysis.evaluate import evaluate
+from analysis.phenomena.subskills.report import slice_transitions
 from models import GPT
 from tasks.arithmetic import carries, nonzero_columns
 
@@ -109,7 +110,7 @@ def test_summary_has_each_slices_transition_and_a_later_sub_skill_crosses_later(
             # carries=0 is solved from the third rung on, carries=2 only from the fifth.
             for name, solved in (("all", i >= 3), ("carries=0", i >= 2), ("carries=2", i >= 4)):
                 rows.append({**common, "slice": name, "value": float(solved)})
-    table = summary.slice_transitions(pd.DataFrame(rows))
+    table = slice_transitions(pd.DataFrame(rows))
     params = table[table["axis"] == "params"].set_index("metric")
     assert set(params.index) == {"eval/exact_match@carries=0", "eval/exact_match@carries=2"}
     early, late = (params.loc[f"eval/exact_match@carries={c}"] for c in (0, 2))

@@ -1,6 +1,6 @@
-"""Developmental stages (analysis/stages/): the LLC estimator on a model whose LLC is known, the
-health checks, the head masks, the stage detector on synthetic curves; slow ones sample the LLC
-of the shared grokking and induction runs and check the shapes measured on them."""
+"""Developmental stages (analysis/phenomena/stages/): the LLC estimator on a model whose LLC is
+known, the health checks, the head masks, the stage detector on synthetic curves; slow ones
+sample the LLC of the shared grokking and induction runs and check the shapes measured on them."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from torch import nn
 
 from analysis import scoring
 from analysis.__main__ import main as analysis_main
+from analysis.phenomena.stages import detect, llc, sweep
 from analysis.runs import find_runs
-from analysis.stages import detect, llc, sweep
 from analysis.summary import estimate
 from models import GPT, GPTConfig
 

@@ -9,7 +9,12 @@ checkpoint, sampled through devinterp, and the stage boundaries on its curve ove
 - `detect`: stage boundaries (critical points of the LLC over log steps, Hoogland et al. 2024),
   their summary over seeds, the figure, the findings and the report section.
 
-The submodules are imported by name (`from analysis.stages import llc`): `llc` is what the
-scoring entry registers as a probe, and `sweep` reads runs through analysis.runs, which imports
-the scoring entry.
+This module lists the LLC as a probe (opt-in: it costs sampling) and imports nothing else:
+training imports it, and `sweep` reads runs through analysis.runs, which imports the scoring
+entry.
 """
+
+from analysis.phenomena import Probe
+from analysis.phenomena.stages import llc
+
+PROBES = [Probe("llc", llc.applies, llc.probe, opt_in=True)]

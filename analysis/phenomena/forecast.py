@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.mechanistic import POSITION_PREFIX as POSITION
+from analysis.phenomena.subskills import POSITION_PREFIX as POSITION
+from analysis.tables import markdown_table
 
 PREFIX = "eval/"
 METHODS = ("p^L", "p^L per position", "Hu")
@@ -253,8 +254,7 @@ def figure(result: pd.DataFrame, steps: pd.DataFrame | None = None) -> Figure:
     return fig
 
 
-def report_section(result: pd.DataFrame, steps: pd.DataFrame | None, figure_path: str,
-                   markdown_table) -> str:
+def report_section(result: pd.DataFrame, steps: pd.DataFrame | None, figure_path: str) -> str:
     """The report's forecast section: held-out table, errors, transitions, figure."""
     held = result[result["held_out"]]
     cols = ["method", "axis", "x", "n_runs", "measured", "measured_low", "measured_high",
@@ -265,8 +265,8 @@ def report_section(result: pd.DataFrame, steps: pd.DataFrame | None, figure_path
         "## Forecast of exact match from the smaller rungs",
         f"Laws log(-log p) = a + b log x fitted on all but the top "
         f"{held.groupby('axis')['x'].nunique().max()} rungs along parameters and training FLOPs "
-        "(analysis/forecast.py: `p^L` from the per-token answer log-probability, per position "
-        "where the answer positions were scored, `Hu` from the exact-answer probability), "
+        "(analysis/phenomena/forecast.py: `p^L` from the per-token answer log-probability, per "
+        "position where the answer positions were scored, `Hu` from the exact-answer probability), "
         "extrapolated to the held-out rungs; along training, fitted on each run's early "
         "checkpoints and extrapolated to its last ones. Intervals: 5-95% over resampled runs of "
         "each rung. A large error means exact match does not follow the average token: some "
@@ -292,10 +292,9 @@ def rungs(df: pd.DataFrame, axis: str = "params") -> int:
     return int(df[axis].nunique()) if axis in df and len(df) else 0
 
 
-def write(df: pd.DataFrame, answer_len: float, out, holdout: int = 2,
-          markdown_table=None) -> str:
+def write(df: pd.DataFrame, answer_len: float, out, holdout: int = 2) -> str:
     """forecast.csv (along params and FLOPs), forecast_steps.csv and figures/forecast.png under
-    `out`; returns the report section (markdown_table formats the tables)."""
+    `out`; returns the report section."""
     out = Path(out)
     result = pd.concat([forecast(df, answer_len, axis, holdout) for axis in ("params", "flops")
                         if df[axis].notna().all()], ignore_index=True)
@@ -305,7 +304,7 @@ def write(df: pd.DataFrame, answer_len: float, out, holdout: int = 2,
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figure(result[result["axis"] == "params"], steps).savefig(out / "figures" / "forecast.png",
                                                                dpi=120)
-    return report_section(result, steps, "figures/forecast.png", markdown_table)
+    return report_section(result, steps, "figures/forecast.png")
 
 
 def findings(evidence) -> list[str]:

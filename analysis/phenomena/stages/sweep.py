@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from analysis import layout
+from analysis.phenomena.stages import llc
 from analysis.runs import Run, _rows, read_scores, write_csv
-from analysis.stages import llc
 
 log = logging.getLogger(__name__)
 

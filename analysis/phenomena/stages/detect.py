@@ -246,8 +246,8 @@ def section(evidence) -> str | None:
         return None
     parts = ["## Developmental stages",
              "The local learning coefficient (LLC) of sampled checkpoints, through devinterp's "
-             "SGLD on the loss each model was trained on (analysis/stages/llc.py; per-run "
-             "sampler settings and their calibration grid in `llc/<run>.json`). A stage "
+             "SGLD on the loss each model was trained on (analysis/phenomena/stages/llc.py; "
+             "per-run sampler settings and their calibration grid in `llc/<run>.json`). A stage "
              f"boundary is a peak or trough of the LLC over steps from which it reverses by at "
              f"least {REVERSAL:.0%} of its range (Hoogland et al. 2024 cut stages at such "
              "critical points); unhealthy estimates (chains that disagree, do not converge, "

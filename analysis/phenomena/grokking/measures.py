@@ -1,4 +1,4 @@
-"""Nanda et al. 2023's progress measures for grokking of modular addition.
+"""Nanda et al. 2023's progress measures for grokking of modular addition, measured on a model.
 
 A model that has grokked a + b mod p computes its logits from a few key frequencies w: the logit
 of c is a sum of cos(2 pi w (a + b - c) / p) terms (the Fourier multiplication algorithm).
@@ -13,23 +13,24 @@ From the logits over all p^2 pairs (`pair_logits`):
 
 Restricted loss falls, and excluded loss rises, during circuit formation: hundreds of steps
 before test accuracy moves at CPU scale (docs/experiments.md). `progress_measures` returns the
-scores of one checkpoint; `lead` reads them along training; `draw` adds them to a figure.
+scores of one checkpoint (the package's `report` reads them along training). Also the sum of
+squared weights (`weight_norm`) and the sparsity of the number embeddings in the Fourier basis
+over Z_p (`fourier_embedding`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
-if TYPE_CHECKING:  # pandas is imported where tables are read, not by training
-    import pandas as pd
-
 N_KEY = 5  # Nanda et al. find about five key frequencies
+# The scores progress_measures writes (read by the report and the figures).
+RESTRICTED_LOSS = "restricted_loss"
+EXCLUDED_LOSS = "excluded_loss"
 
 
 @torch.no_grad()
@@ -104,8 +105,8 @@ def progress_measures(model, task, n_key: int = N_KEY) -> dict[str, float]:
     train = task.train_set()
     a, b = train.tokens[:, 0].cpu(), train.tokens[:, 1].cpu()
     result = restricted_excluded(pair_logits(model, p), a, b, train.targets[:, -1].cpu(), n_key)
-    scores = {"restricted_loss": result["restricted_loss"],
-              "excluded_loss": result["excluded_loss"], "logit_key_share": result["key_share"]}
+    scores = {RESTRICTED_LOSS: result["restricted_loss"],
+              EXCLUDED_LOSS: result["excluded_loss"], "logit_key_share": result["key_share"]}
     scores |= {f"logit_key_freq/{i}": float(w) for i, w in enumerate(result["key_frequencies"])}
     return scores
 
@@ -116,58 +117,40 @@ def applies(task) -> bool:
     return getattr(cfg, "kind", None) == "modular" and getattr(cfg, "op", None) == "add"
 
 
-def lead(curve: pd.DataFrame, memorized: float = 0.99, generalized: float = 0.95) -> dict:
-    """From one run's table indexed by step with `train_eval/exact_match`,
-    `eval/exact_match`, `restricted_loss`, `excluded_loss`: the memorization step (train
-    accuracy first >= `memorized`), the first step after it where restricted loss is below half
-    its memorization-time value, the first step test accuracy reaches `generalized`, the lead
-    between the two in steps and in evaluations, and excluded loss at the halving step relative
-    to its memorization-time value. NaN where an event does not happen."""
-    import pandas as pd
-
-    curve = curve.sort_index()
-    nan = {k: math.nan for k in ("memorization_step", "restricted_halved_step",
-                                 "generalization_step", "lead_steps", "lead_evaluations",
-                                 "excluded_ratio")}
-
-    def first(mask) -> float:
-        hits = curve.index[mask.to_numpy()]
-        return float(hits[0]) if len(hits) else math.nan
-
-    memorization = first(curve["train_eval/exact_match"] >= memorized)
-    if math.isnan(memorization):
-        return nan
-    at_memorization = curve.loc[memorization]
-    after = curve.index >= memorization
-    halved = first(pd.Series(after, curve.index) & (curve["restricted_loss"]
-                                                   < at_memorization["restricted_loss"] / 2))
-    generalization = first(curve["eval/exact_match"] >= generalized)
-    steps = curve.index.to_numpy(dtype=float)
-    evaluations = (int(np.sum((steps >= halved) & (steps < generalization)))
-                   if not (math.isnan(halved) or math.isnan(generalization)) else math.nan)
-    ratio = (curve.loc[halved, "excluded_loss"] / at_memorization["excluded_loss"]
-             if not math.isnan(halved) else math.nan)
-    return {"memorization_step": memorization, "restricted_halved_step": halved,
-            "generalization_step": generalization, "lead_steps": generalization - halved,
-            "lead_evaluations": evaluations, "excluded_ratio": float(ratio)}
+def weight_norm(model) -> float:
+    """Sum of squared weights over every parameter, which falls as the generalizing circuit
+    replaces memorization (Nanda et al. 2023)."""
+    return sum(p.detach().double().square().sum().item() for p in model.parameters())
 
 
-def draw(ax, table: pd.DataFrame) -> None:
-    """Training, restricted and excluded loss against step on `ax` (log y), with the steps
-    where restricted loss has halved and where test accuracy reaches 0.95 (`lead`) marked."""
-    for column, label, style in (("train_eval/loss", "train loss", "-"),
-                                 ("restricted_loss", "restricted loss", "-"),
-                                 ("excluded_loss", "excluded loss", "--")):
-        if column in table:
-            curve = table[column].dropna()
-            ax.plot(curve.index, curve.to_numpy(), style, label=label)
-    if {"train_eval/exact_match", "eval/exact_match", "excluded_loss"} <= set(table.columns):
-        events = lead(table[table["restricted_loss"].notna()])
-        for step, label, color in ((events["restricted_halved_step"], "restricted loss halved",
-                                    "C1"), (events["generalization_step"],
-                                            "test accuracy 0.95", "black")):
-            if math.isfinite(step):
-                ax.axvline(step, color=color, ls=":", label=f"{label} (step {step:.0f})")
-    ax.set(yscale="log", xlabel="step", ylabel="loss on training pairs",
-           title="progress measures (Nanda et al. 2023)")
-    ax.legend(fontsize="small")
+def fourier_basis(p: int) -> Tensor:
+    """Orthonormal Fourier basis over Z_p [p, p]: row 0 constant, then cos k and sin k for
+    k = 1 .. (p - 1) / 2 (p odd), as in Nanda et al. 2023."""
+    if p % 2 == 0:
+        raise ValueError(f"task.p={p}: the Fourier view needs an odd modulus")
+    x = torch.arange(p, dtype=torch.float64)
+    rows = [torch.ones(p, dtype=torch.float64)]
+    for k in range(1, p // 2 + 1):
+        rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
+    basis = torch.stack(rows)
+    return basis / basis.norm(dim=1, keepdim=True)
+
+
+def fourier_embedding(model, p: int, n_key: int = 5) -> dict:
+    """The number embeddings W_E[:p] in the Fourier basis over Z_p (Nanda et al. 2023).
+
+    Returns `norms` (the embedding's norm at each frequency k = 0 .. (p - 1) / 2, cos and sin
+    together), `key_frequencies` (the `n_key` largest, k >= 1: Nanda et al. find about five) and
+    `top_fraction` (their share of the embedding's squared norm; ~n_key / (p / 2) at random
+    init, near 1 once the embedding is sparse in frequency)."""
+    embedding = model.embed.weight[:p].detach().double().cpu()  # [p, d_model]
+    squared = (fourier_basis(p) @ embedding).square().sum(1)  # [p] per basis vector
+    # Pair cos k (row 2k - 1) with sin k (row 2k); k = 0 is the constant alone.
+    paired = rearrange(squared[1 : 1 + 2 * (p // 2)], "(k two) -> k two", two=2).sum(1)
+    per_freq = torch.cat([squared[:1], paired])  # [p // 2 + 1]
+    top = per_freq[1:].topk(min(n_key, p // 2)).indices + 1
+    return {
+        "norms": per_freq.sqrt().tolist(),
+        "key_frequencies": sorted(top.tolist()),
+        "top_fraction": (per_freq[top].sum() / per_freq.sum()).item(),
+    }

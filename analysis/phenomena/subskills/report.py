@@ -1,0 +1,201 @@
+"""Which sub-skill appears where: the answer position whose log-probability rises last along the
+ladder, the slice of the eval set solved last, the report's "Where the errors are" section and
+the figures per answer position and per slice. Reads the per-slice scores that analysis.slices
+computes for training and analysis alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import emergence, plots, summary
+from analysis.phenomena import mirage
+from analysis.phenomena.subskills import POSITION_PREFIX
+from analysis.slices import split_key, worst
+from analysis.tables import markdown_table
+
+EXCLUDED = (POSITION_PREFIX,)  # per position: read by the forecast, no curves of their own
+
+
+def errors_section(scores: pd.DataFrame,
+                   transitions: pd.DataFrame | None = None) -> str | None:
+    """The report's "Where the errors are" section (None when the set has no slices), with the
+    transition point of exact match per slice (slice_transitions) where there is one."""
+    table = worst(scores)
+    if table.empty:
+        return None
+    params = int(scores["params"].max())
+    lines = ["## Where the errors are", "",
+             f"Exact match of the largest model ({params:,} parameters) at its last scored step, "
+             f"on the whole eval set and on its {len(table) - 1} worst slices (mean, min and max "
+             "over its runs). A whole-set value far above a slice's is a sub-skill not learned; "
+             "`scores.csv` has every metric on every slice.", "",
+             markdown_table(table.reset_index().rename(columns={"count": "runs"}))]
+    if transitions is not None and transitions["value"].notna().any():
+        found = transitions[transitions["value"].notna()]
+        found = found.assign(series=summary.series_labels(found),
+                             slice=found["metric"].str.split("@").str[1],
+                             transition=[summary.describe(r) for _, r in found.iterrows()])
+        found = found.sort_values(["axis", "series", "value"], key=lambda c: c.map(
+            {"params": 0, "flops": 1, "step": 2}) if c.name == "axis" else c)
+        lines += ["", "Where exact match on each slice crosses the middle of its range "
+                  f"(`transition`, as in `summary.csv`): mean and {summary.INTERVAL} of each "
+                  "series (along steps, a model size and setting). A slice that crosses later "
+                  "is a sub-skill that appears later.", "",
+                  markdown_table(found[["axis", "series", "slice", "transition"]])]
+    return "\n".join(lines)
+
+
+def slice_transitions(by_slice: pd.DataFrame, metric: str = "eval/exact_match") -> pd.DataFrame:
+    """Summary rows of the `transition` of `metric` on every slice (see analysis.slices), along
+    parameters, FLOPs and steps, with intervals over seeds; the metric is named
+    `<metric>@<slice>` (`eval/exact_match@carries=2`), so the whole-set rows stay unique."""
+    rows = by_slice[(by_slice["metric"] == metric) & (by_slice["slice"] != "all")]
+    if rows.empty:
+        return pd.DataFrame(columns=summary.COLUMNS)
+    rows = rows.assign(metric=metric + "@" + rows["slice"]).drop(columns="slice")
+    table = summary.summarize(rows)
+    return table[table["statistic"] == "transition"].reset_index(drop=True)
+
+
+def section(evidence) -> str | None:
+    by_slice = evidence.by_slice
+    if by_slice is None:
+        return None
+    return errors_section(by_slice, slice_transitions(by_slice))
+
+
+def _mean_by_rung(scores: pd.DataFrame, metric: str) -> pd.Series:
+    """`metric`'s seed mean at each rung (parameters), at each run's last checkpoint."""
+    rows = scores[scores["metric"] == metric]
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    return rows.groupby("params")["value"].mean()
+
+
+def findings(evidence) -> list[str]:
+    """Which sub-skill appears last along the ladder: the answer position whose log-probability
+    (seed mean) crosses the middle of its range at the largest size, how it rises across the
+    rungs (the seed means, and the sudden-or-smooth rule on them), and the slice of the eval set
+    whose exact match crosses last."""
+    scores, lines = evidence.scores, []
+    if scores is None or scores.empty or scores["params"].nunique() < 2:
+        return lines
+    names = sorted({m for m in scores["metric"] if m.startswith(POSITION_PREFIX)},
+                   key=lambda m: int(m.rsplit("/", 1)[1]))
+    crossings = {m: emergence.transition_point((c := _mean_by_rung(scores, m)).index, c)
+                 for m in names}
+    found = {m: x for m, x in crossings.items() if np.isfinite(x)}
+    if found:
+        last = max(found, key=found.get)
+        curve = _mean_by_rung(scores, last)
+        rows = scores[scores["metric"] == last]
+        rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+        rows = rows.assign(metric="answer position")
+        stats = summary.of_mean_curve(rows, "params")
+        verdict = mirage.sudden_or_smooth(stats[("answer position", "breakthroughness")])
+        others = ", ".join(f"{m.rsplit('/', 1)[1]} at {x:,.0f}" for m, x in found.items()
+                           if m != last)
+        lines.append(
+            f"The sub-skill that appears last is answer position {last.rsplit('/', 1)[1]} "
+            f"(the first answer token is position 0): its log-probability crosses the middle of "
+            f"its range at {found[last]:,.0f} parameters" + (f" (the others: {others})"
+                                                            if others else "")
+            + ". Across the rungs its seed mean goes "
+            + ", ".join(f"{v:.2f}" for v in curve.to_numpy()) + f": {verdict}.")
+    by_slice = evidence.by_slice
+    if by_slice is not None and "slice" in by_slice:
+        table = slice_transitions(by_slice)
+        table = table[(table["axis"] == "params") & table["value"].notna()]
+        if len(table):
+            latest = table.loc[table["value"].idxmax()]
+            lines.append(f"Of the eval set's slices, {split_key(latest['metric'])[1]} is solved "
+                         f"last: its exact match crosses the middle of its range at "
+                         f"{summary.describe(latest, seeds=False)} parameters.")
+    return lines
+
+
+def answer_positions(df: pd.DataFrame) -> Figure | None:
+    """Which answer token is learned where: the teacher-forced log-probability of the right
+    token at each answer position (`answer_position/logprob/<i>`, i = 0 the first answer token)
+    against parameters at every run's last checkpoint (a colour per position), then against
+    steps, a panel per position with a colour per model size (seeds thin, mean bold). A
+    position that stays at chance (log 1/10 for a digit) where the others are learned is the
+    sub-skill that appears last. None without per-position scores."""
+    table = df[df["metric"].str.startswith(POSITION_PREFIX)]
+    if table.empty:
+        return None
+    table = table.assign(position=table["metric"].str.removeprefix(POSITION_PREFIX).astype(int))
+    positions = sorted(table["position"].unique())
+    across = table["params"].nunique() > 1
+    fig, axes = plots.grid(len(positions) + across)
+    if across:
+        ax = axes.pop(0)
+        final = plots.final(table)
+        for colour, position in zip(plots.colours(len(positions)), positions, strict=True):
+            plots.seeds_and_mean(ax, final[final["position"] == position], "params", colour,
+                                 f"position {position}", marker="o")
+        plots.set_log_x(ax, final["params"])
+        ax.set(xlabel="parameters", ylabel="log p(right token)",
+               title="per answer position, last checkpoint")
+        plots.legend(ax, len(positions))
+    keys = plots.size_keys(table) or plots.series_keys(table, exclude=["position"])
+    for ax, position in zip(axes, positions, strict=True):
+        rows = table[table["position"] == position]
+        # the largest models where there are more
+        series = plots.order(rows, keys)[-plots.MAX_SERIES:]
+        for colour, (label, one) in zip(plots.colours(len(series)), series, strict=True):
+            plots.seeds_and_mean(ax, one, "step", colour, plots.series_label(label, one))
+        plots.set_log_x(ax, rows["step"])
+        ax.set(xlabel="step", ylabel="log p(right token)",
+               title=f"answer position {position} during training")
+    if len(axes):
+        plots.legend(axes[0], plots.MAX_SERIES)
+    plots.first_column_ylabel(fig.axes)
+    return fig
+
+
+def exact_match_by_slice(by_slice: pd.DataFrame, attribute: str,
+                         metric: str = "eval/exact_match") -> Figure | None:
+    """`metric` on each slice of one attribute (`carries=0`, `carries=1`, ...): against
+    parameters at every run's last checkpoint (seed means), and against step for the largest
+    model (mean over its runs). A slice that rises later than the others is a sub-skill that
+    appears later; one that stays low where the whole set looks solved is a ceiling."""
+    table = by_slice[(by_slice["metric"] == metric)
+                     & by_slice["slice"].str.startswith(attribute + "=")]
+    if table.empty:
+        return None
+    value_of = lambda name: int(name.split("=")[1])
+    wide_x = table["params"].nunique() > 1
+    fig = Figure(figsize=(6.4 * (1 + wide_x), 4.2), layout="constrained")
+    axes = fig.subplots(1, 1 + wide_x, squeeze=False)[0]
+    top = table[table["params"] == table["params"].max()]
+    panels = [(axes[-1], top, "step")]
+    if wide_x:
+        panels.insert(0, (axes[0], plots.final(table), "params"))
+    for ax, rows, x in panels:
+        for name in sorted(rows["slice"].unique(), key=value_of):
+            series = rows[rows["slice"] == name]
+            curve = series.groupby(x)["value"].mean()
+            ax.plot(curve.index, curve.to_numpy(), marker="o", label=name)
+        plots.set_log_x(ax, rows[x])
+        ax.set(xlabel="parameters" if x == "params" else "step", ylabel=metric)
+    if wide_x:
+        axes[0].set_title(f"{metric} per slice vs parameters (last checkpoint)")
+    axes[-1].set_title(f"{metric} per slice during training, {plots.params_label(top)}")
+    plots.legend(axes[-1], 4)
+    return fig
+
+
+def figures(df: pd.DataFrame, by_slice: pd.DataFrame | None, runs) -> dict[str, Figure | None]:
+    """The log-probability per answer position, and exact match per slice of each sliced
+    attribute."""
+    found = {}
+    if df["metric"].str.startswith(POSITION_PREFIX).any():
+        found["answer_positions"] = answer_positions(df)
+    if by_slice is not None:
+        sliced = by_slice.loc[by_slice["slice"] != "all", "slice"]
+        for attribute in sorted(set(sliced.str.split("=").str[0])):
+            found[f"exact_match_by_{attribute}"] = exact_match_by_slice(by_slice, attribute)
+    return found
