@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -194,6 +195,20 @@ def test_an_unclear_verdict_estimates_the_seeds_that_would_decide_it_only_where_
     assert mirage.seeds_to_decide(row) == ("; about 7 more seeds per rung would decide it at "
                                             "this spread")
     assert "no affordable" in mirage.seeds_to_decide({**row, "value": 10.5})
+
+
+def test_the_shared_core_names_no_phenomenons_metric_or_statistic():
+    from analysis.phenomena import causal, grokking, induction
+    from analysis.phenomena.grokking import measures
+
+    names = {induction.PER_HEAD, induction.PREFIX_MATCHING_MAX, induction.INDUCTION_LOSS,
+             induction.ICL_SCORE, grokking.WEIGHT_NORM, grokking.FOURIER, grokking.TRAIN_TEST_GAP,
+             measures.RESTRICTED_LOSS, measures.EXCLUDED_LOSS, POSITION_PREFIX, causal.PREFIX,
+             *phenomena.gather("STEP_EVENTS")}
+    core = Path(report.__file__).parent
+    for path in core.glob("*.py"):
+        text = path.read_text()
+        assert not [name for name in names if name in text], path.name
 
 
 def test_a_phenomenon_joins_the_findings_and_sections_with_one_line(tmp_path, monkeypatch):
