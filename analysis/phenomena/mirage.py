@@ -20,12 +20,11 @@ SUDDEN_FACTOR = 2.0
 # Metrics that get a sudden-or-smooth verdict: the exact one and its continuous rescorings.
 VERDICT_METRICS = ("eval/exact_match", "eval/token_accuracy", "eval/edit_distance",
                    "eval/answer_logprob", "eval/brier")
+# The curve statistics of the sizes table.
 STATISTICS = ("transition", "sharpness", "linearity", "breakthroughness")
 READABLE = {"eval/exact_match": "exact match", "eval/token_accuracy": "token accuracy",
             "eval/edit_distance": "edit distance", "eval/answer_logprob": "answer log-probability",
             "eval/brier": "Brier score"}
-
-
 AXIS_NAMES = {"params": "parameters", "flops": "training FLOPs", "step": "steps"}
 MIN_STEPS = 5  # evaluations a curve along steps needs for its transition
 
