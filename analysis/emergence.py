@@ -48,17 +48,39 @@ def _trend(y: np.ndarray) -> float:
     return float(np.sign(np.argmax(y) - np.argmin(y)))
 
 
-def transition_point(x, y) -> float:
-    """The x where y first crosses the middle of its range in its overall direction,
-    interpolated linearly in log x; NaN for a flat curve or fewer than two points."""
+def _crossing(x, y) -> tuple[np.ndarray, int, float] | None:
+    """(x, i, t): y first crosses the middle of its range, in its overall direction, between
+    points i and i + 1, a fraction t of the way; None for a flat curve or under two points."""
     x, y = sorted_curve(x, y)
     if len(y) < 2 or y.max() == y.min():
-        return float("nan")
+        return None
     z = _trend(y) * (y - (y.max() + y.min()) / 2)  # negative before the crossing
     i = int(np.flatnonzero((z[:-1] < 0) & (z[1:] >= 0))[0])
-    t = -z[i] / (z[i + 1] - z[i])
+    return x, i, float(-z[i] / (z[i + 1] - z[i]))
+
+
+def transition_point(x, y) -> float:
+    """The x where y first crosses the middle of its range in its overall direction,
+    interpolated linearly in log x; NaN for a flat curve or fewer than two points. Between two
+    rungs the interpolation places the crossing by how far each sits from mid-range, not by
+    any measurement in the gap: `crossing_rungs` says what the ladder resolves."""
+    found = _crossing(x, y)
+    if found is None:
+        return float("nan")
+    x, i, t = found
     log_x = np.log10(x)
     return float(10 ** (log_x[i] + t * (log_x[i + 1] - log_x[i])))
+
+
+def crossing_rungs(x, y) -> tuple[float, float]:
+    """The two neighbouring x values (rungs, evaluations) between which y first crosses the
+    middle of its range: all a ladder can say about where a step happens; NaNs as
+    transition_point."""
+    found = _crossing(x, y)
+    if found is None:
+        return float("nan"), float("nan")
+    x, i, _ = found
+    return float(x[i]), float(x[i + 1])
 
 
 def sharpness(x, y) -> float:

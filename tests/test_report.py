@@ -186,6 +186,30 @@ def test_the_report_opens_with_findings_written_from_the_statistics(tmp_path):
     assert "Seeds that solved each rung" in found and "15,504: 5/5" in found
     assert "7,264: 0/5" in found
     assert "answer position 0" in found and "-2.30, -2.30, -2.30, -2.30, -0.01, -0.01" in found
+    # A jump between two rungs is placed between them, not at an interpolated size.
+    assert ("crosses the middle of its range between 10,800 and 15,504 parameters in all 5 "
+            "seeds") in found
+    assert "log-probability crosses the middle of its range between 10,800 and 15,504" in found
+
+
+def test_a_crossing_is_named_by_the_rungs_around_it_in_each_seed(tmp_path):
+    scores = ladder()
+    # Seed 0 solves the task one rung early: its crossing moves down a rung, the others stay.
+    early = (scores["seed"] == 0) & (scores["d_model"] == 20)
+    scores.loc[early & (scores["metric"] == "eval/exact_match"), "value"] = 1.0
+    table = summary.summarize(scores)
+    found = report.findings(report.Evidence(scores, table, None, [], tmp_path))
+    crossing = next(line for line in found if line.startswith("Exact match crosses"))
+    assert crossing.startswith("Exact match crosses the middle of its range between 7,264 and "
+                               "10,800 parameters in 1 of 5 seeds, between 10,800 and 15,504 "
+                               "in 4, and between ")  # then the FLOPs, the same way
+    # Slices that all cross between the same rungs are not ordered by interpolation.
+    slices = pd.concat([scores[scores["metric"] == "eval/exact_match"].assign(slice=name)
+                        for name in ("all", "len_a=1", "len_a=2")])
+    found = report.findings(report.Evidence(scores, table, slices, [], tmp_path))
+    assert ("2 of the eval set's 2 slices are solved last, their exact match (seed mean) "
+            "crossing the middle of its range between 10,800 and 15,504 parameters (len_a=1, "
+            "len_a=2): the ladder does not order them.") in found
 
 
 def test_an_unclear_verdict_estimates_the_seeds_that_would_decide_it_only_where_honest():

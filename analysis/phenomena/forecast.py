@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.phenomena.subskills import POSITION_PREFIX as POSITION
+from analysis.plots import colours as plot_colours
 from analysis.tables import markdown_table
 
 PREFIX = "eval/"
@@ -198,7 +200,8 @@ def forecast_steps(df: pd.DataFrame, answer_len: float, holdout: int = 2) -> pd.
                 continue
             em = curve["exact_match"].to_numpy()
             for i, step in enumerate(steps):
-                rows.append({"method": method, "axis": "step", "run": run, "x": step,
+                rows.append({"method": method, "axis": "step", "run": run,
+                             "params": curve["params"].iloc[0], "x": step,
                              "held_out": not fitted[i], "measured": float(em[i]),
                              "predicted": float(predicted[i]),
                              "error": float(predicted[i] - em[i]), "a": laws[0].a,
@@ -240,17 +243,27 @@ def figure(result: pd.DataFrame, steps: pd.DataFrame | None = None) -> Figure:
     ax.set(xscale="log", xlabel=first["axis"].iloc[0], ylabel="exact match", ylim=(-0.05, 1.05),
            title="forecast of held-out rungs (dashed)")
     ax.legend(fontsize=7)
-    if panels == 2:
+    if panels == 2:  # a colour per rung: its runs' forecasts thin, its measured mean as dots
         ax = axes[1]
         method = steps["method"].iloc[0]
-        for i, (_, curve) in enumerate(steps[steps["method"] == method].groupby("run")):
-            color = f"C{i % 10}"
-            ax.plot(curve["x"], curve["measured"], "o", ms=3, color=color)
-            ax.plot(curve["x"], curve["predicted"], "-", color=color, alpha=0.7)
-            held = curve[curve["held_out"]]
-            ax.plot(held["x"], held["measured"], "o", mfc="white", color=color)
+        rungs = steps[steps["method"] == method].groupby("params", sort=True)
+        colours = plot_colours(rungs.ngroups)
+        for i, (params, rung) in enumerate(rungs):
+            color = colours[i]
+            for _, curve in rung.groupby("run"):
+                ax.plot(curve["x"], curve["predicted"], "-", color=color, lw=0.8, alpha=0.4)
+            mean = rung.groupby("x").agg(measured=("measured", "mean"),
+                                         held_out=("held_out", "all")).reset_index()
+            ax.plot(mean["x"], mean["measured"], "o", ms=4, color=color,
+                    label=f"{params:,.0f} params")
+            held = mean[mean["held_out"]]
+            ax.plot(held["x"], held["measured"], "o", ms=6, mfc="white", color=color)
         ax.set(xscale="log", xlabel="step", ylabel="exact match", ylim=(-0.05, 1.05),
-               title=f"along training ({method}); hollow: held out")
+               title=f"along training ({method}): lines forecast, dots measured "
+                     "(seed mean; hollow: held out)")
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes:
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels on decades only
     return fig
 
 

@@ -6,12 +6,14 @@ main metric against parameters and steps (`figures`).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import emergence, plots
-from analysis.summary import INTERVAL, describe, select, series_labels
+from analysis.summary import COLUMNS, INTERVAL, describe, number, series_labels
 from analysis.tables import markdown_table, statistics_table
 
 # Sudden: breakthroughness (signed in the metric's direction) whose interval lies above this
@@ -100,11 +102,47 @@ def _verdict_sentence(row) -> str:
             + ".")
 
 
+def between(pairs: list[tuple[float, float]], unit: str) -> str:
+    """Where curves cross mid-range, as the rungs around each crossing (`crossing_rungs`, one
+    pair per seed): "between 11,000 and 15,504 parameters in all 5 seeds", or each bracket with
+    its count of seeds where they differ; "" where no curve crosses."""
+    n = len(pairs)
+    found = Counter(pair for pair in pairs if np.isfinite(pair).all())
+    if not found:
+        return ""
+    parts = [(f"between {number(low)} and {number(high)}", count)
+             for (low, high), count in sorted(found.items())]
+    parts[0] = (f"{parts[0][0]} {unit}", parts[0][1])
+    if len(parts) == 1:
+        text = parts[0][0] + (f" in all {n} seeds" if n > 1 else "")
+    else:
+        text = ", ".join(f"{part} in {count}" + (f" of {n} seeds" if i == 0 else "")
+                         for i, (part, count) in enumerate(parts))
+    missing = n - sum(found.values())
+    return text + (f" (no crossing in {missing})" if missing else "")
+
+
+def _per_seed(rows: pd.DataFrame, x: str, by: str) -> list[tuple[float, float]]:
+    """crossing_rungs of each `by` group's curve of `value` against `x` (mean over duplicates)."""
+    groups = rows.groupby(by, dropna=False) if by in rows else [(0, rows)]
+    return [emergence.crossing_rungs(curve.index, curve.to_numpy())
+            for _, group in groups for curve in [group.groupby(x)["value"].mean()]]
+
+
+def _of_series(scores: pd.DataFrame, row) -> pd.DataFrame:
+    """The scores of the series a summary row describes (its coordinates that are set)."""
+    keep = pd.Series(True, index=scores.index)
+    for name, value in row.items():
+        if name not in COLUMNS and name in scores and pd.notna(value):
+            keep &= scores[name] == value
+    return scores[keep]
+
+
 def findings(evidence) -> list[str]:
-    """Per series with several sizes: a sentence per verdict, where exact match's transition
-    lies (parameters, FLOPs, and steps for the largest model), and which rungs the seeds
-    solved."""
-    table, lines = evidence.summary, []
+    """Per series with several sizes: a sentence per verdict, between which rungs exact match
+    crosses mid-range (parameters, FLOPs, and steps for the largest model), and which rungs the
+    seeds solved."""
+    table, scores, lines = evidence.summary, evidence.scores, []
     if table is None or table.empty:
         return lines
     labels = series_labels(table)
@@ -115,16 +153,20 @@ def findings(evidence) -> list[str]:
         prefix = "" if series == "all runs" else f"{series}: "
         rows = verdicts[labels[verdicts.index] == series]
         lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
-        crossing = table[(labels == series) & (table["metric"] == "eval/exact_match")
-                         & (table["statistic"] == "transition") & table["value"].notna()]
-        where = [f"{describe(r, seeds=False)} {AXIS_NAMES[r['axis']]}"
-                 for _, r in crossing.iterrows() if r["axis"] in ("params", "flops")]
+        if scores is None or scores.empty:
+            continue
+        exact = _of_series(scores, rows.iloc[0])
+        exact = exact[exact["metric"] == "eval/exact_match"]
+        last = exact[exact["step"] == exact.groupby("run")["step"].transform("max")]
+        where = [text for axis in ("params", "flops")
+                 if (text := between(_per_seed(last, axis, "seed"), AXIS_NAMES[axis]))]
         if where:
-            lines.append(prefix + "Exact match crosses the middle of its range at "
-                         + " and ".join(where) + ".")
-    if evidence.scores is not None and len(evidence.scores):
-        lines += _solved(evidence.scores)
-        lines += _top_rung_steps(table, evidence.scores)
+            lines.append(prefix + "Exact match crosses the middle of its range "
+                         + ", and ".join(where) + "; the ladder has no rung in between, so "
+                         "it cannot place the crossing closer.")
+        lines += [prefix + line for line in _top_rung_steps(exact)]
+    if scores is not None and len(scores):
+        lines += _solved(scores)
     return lines
 
 
@@ -138,16 +180,17 @@ def _solved(scores: pd.DataFrame) -> list[str]:
             f"parameters: solved/seeds): {cells}."]
 
 
-def _top_rung_steps(table: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
-    """Where the largest model's exact match crosses mid-range along steps."""
-    rows = select(table, "eval/exact_match", "transition", "step")
-    if rows.empty or "d_model" not in rows or scores["step"].nunique() < MIN_STEPS:
+def _top_rung_steps(exact: pd.DataFrame) -> list[str]:
+    """Between which evaluations the largest model's exact match crosses mid-range."""
+    if exact.empty or exact["step"].nunique() < MIN_STEPS:
         return []
-    top = rows[rows["d_model"] == rows["d_model"].max()]
-    if top.empty or not np.isfinite(top["value"].iloc[0]):
+    top = exact[exact["params"] == exact["params"].max()]
+    text = between(_per_seed(top, "step", "run"), "steps")
+    if not text:
         return []
-    return [f"The largest model (d_model={top['d_model'].iloc[0]:g}) crosses it along training "
-            f"at step {describe(top.iloc[0])}."]
+    name = (f"d_model={top['d_model'].iloc[0]:g}" if "d_model" in top
+            else f"{int(top['params'].iloc[0]):,} parameters")
+    return [f"The largest model ({name}) crosses it along training {text}."]
 
 
 def solved_share(df: pd.DataFrame, metric: str = "eval/exact_match",

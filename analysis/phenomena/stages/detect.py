@@ -23,6 +23,9 @@ from analysis.summary import COLUMNS, describe, log_t_interval, series_labels, t
 
 METRIC = "llc"
 REVERSAL = 0.1
+# The events' dashed lines: matplotlib's Dark2, apart from the seeds' colours (C0, C1, ...).
+EVENT_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
+                 "#666666")
 # Step-axis statistics of the summary shown beside the boundaries, as events.
 EVENTS = ("memorization_step", "generalization_step", "restricted_halved_step",
           "phase_change_step", "phase_change_start", "phase_change_end", "head_formation_step",
@@ -186,14 +189,15 @@ def sentences(table: pd.DataFrame) -> list[str]:
 
 def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
     """The LLC over steps, one panel per series (seeds thin, their spread shaded), with its
-    stage boundaries (solid) and the summary's events (dotted, labelled); an unhealthy
+    stage boundaries (solid) and the summary's events (dashed, named with their step in the
+    legend beside the panel, where no label can cover a curve or another label); an unhealthy
     estimate is an x on the step axis, not a number."""
     found = curves(df)
     series = [(c, s) for c, s in _series(df) if any(r in found for r in s.values())]
     if not series:
         return None
     table = table.reset_index(drop=True)
-    fig = Figure(figsize=(6.4, 3.2 * len(series)), layout="constrained")
+    fig = Figure(figsize=(8.4, 3.2 * len(series)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(series), 1, squeeze=False)[:, 0])
     labels = series_labels(table) if len(table) else pd.Series(dtype=str)
     own = _own(table) if len(table) else table
@@ -219,13 +223,10 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
         key = labels[mine.index[0]] if len(mine) else ", ".join(f"{k}={v}" for k, v in
                                                                coords.items())
         events = _events(table[_same_series(table, pd.Series(coords))]).sort_values("value")
-        for i, (_, event) in enumerate(events.iterrows()):  # labels at two heights, in turn
-            ax.axvline(event["value"], color="0.3", ls=":", lw=1)
-            label = ax.text(event["value"], 0.98 - 0.45 * (i % 2),
-                            event["event"].removesuffix("_step"), rotation=90, va="top",
-                            ha="right", fontsize="x-small", color="0.3", clip_on=True,
-                            transform=ax.get_xaxis_transform())
-            label.set_in_layout(False)  # a long label must not squeeze the panels
+        for i, (_, event) in enumerate(events.iterrows()):  # named in the legend, in order
+            ax.axvline(event["value"], color=EVENT_COLOURS[i % len(EVENT_COLOURS)],
+                       ls=(0, (2, 2)), lw=1.2, label=f"{event['event'].removesuffix('_step')} "
+                       f"({event['value']:,.0f})")
         positive = [s for s in steps if s > 0]
         if positive and min(steps) <= 0:  # step 0 on a log axis: linear up to the first step
             ax.set_xscale("symlog", linthresh=min(positive))
@@ -233,7 +234,7 @@ def figure(df: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
         elif positive:
             ax.set_xscale("log")
         ax.set(xlabel="step", ylabel="LLC", title=key or "LLC during training")
-        ax.legend(fontsize="x-small", loc="lower right")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 

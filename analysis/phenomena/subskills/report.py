@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from analysis import emergence, plots, summary
 from analysis.phenomena import mirage
 from analysis.phenomena.subskills import POSITION_PREFIX
-from analysis.slices import split_key, worst
+from analysis.slices import worst
 from analysis.tables import markdown_table
 
 EXCLUDED = (POSITION_PREFIX,)  # per position: read by the forecast, no curves of their own
@@ -67,52 +67,77 @@ def section(evidence) -> str | None:
     return errors_section(by_slice, slice_transitions(by_slice))
 
 
-def _mean_by_rung(scores: pd.DataFrame, metric: str) -> pd.Series:
-    """`metric`'s seed mean at each rung (parameters), at each run's last checkpoint."""
-    rows = scores[scores["metric"] == metric]
+def _mean_by_rung(rows: pd.DataFrame) -> pd.Series:
+    """The seed mean of one metric's `rows` at each rung (parameters), at each run's last
+    checkpoint."""
     rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
     return rows.groupby("params")["value"].mean()
 
 
+def _last(brackets: dict[str, tuple[float, float]]) -> tuple[list[str], tuple[float, float]]:
+    """The names whose seed-mean curve crosses mid-range between the highest rungs, and those
+    rungs: names sharing a bracket are not ordered by the ladder, whatever interpolation says."""
+    found = {name: pair for name, pair in brackets.items() if np.isfinite(pair).all()}
+    if not found:
+        return [], (np.nan, np.nan)
+    top = max(found.values(), key=lambda pair: (pair[1], pair[0]))
+    return [name for name, pair in found.items() if pair == top], top
+
+
+def _position(metric: str) -> str:
+    return metric.rsplit("/", 1)[1]
+
+
+def _rungs(pair: tuple[float, float]) -> str:
+    return f"between {pair[0]:,.0f} and {pair[1]:,.0f} parameters"
+
+
 def findings(evidence) -> list[str]:
     """Which sub-skill appears last along the ladder: the answer position whose log-probability
-    (seed mean) crosses the middle of its range at the largest size, how it rises across the
-    rungs (the seed means, and the sudden-or-smooth rule on them), and the slice of the eval set
-    whose exact match crosses last."""
+    (seed mean) crosses the middle of its range between the highest rungs, how it rises across
+    the rungs (the seed means, and the sudden-or-smooth rule on them), and the slices of the
+    eval set whose exact match crosses last. Crossings are given as the rungs around them
+    (emergence.crossing_rungs)."""
     scores, lines = evidence.scores, []
     if scores is None or scores.empty or scores["params"].nunique() < 2:
         return lines
     names = sorted({m for m in scores["metric"] if m.startswith(POSITION_PREFIX)},
-                   key=lambda m: int(m.rsplit("/", 1)[1]))
-    crossings = {m: emergence.transition_point((c := _mean_by_rung(scores, m)).index, c)
-                 for m in names}
-    found = {m: x for m, x in crossings.items() if np.isfinite(x)}
-    if found:
-        last = max(found, key=found.get)
-        curve = _mean_by_rung(scores, last)
-        rows = scores[scores["metric"] == last]
+                   key=lambda m: int(_position(m)))
+    curves = {m: _mean_by_rung(scores[scores["metric"] == m]) for m in names}
+    brackets = {m: emergence.crossing_rungs(c.index, c.to_numpy()) for m, c in curves.items()}
+    last, pair = _last(brackets)
+    if last:
+        others = ", ".join(f"{_position(m)} {_rungs(p).removesuffix(' parameters')}"
+                           for m, p in brackets.items() if m not in last and np.isfinite(p).all())
+        rows = scores[scores["metric"] == last[0]]
         rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
-        rows = rows.assign(metric="answer position")
-        stats = summary.of_mean_curve(rows, "params")
+        stats = summary.of_mean_curve(rows.assign(metric="answer position"), "params")
         verdict = mirage.sudden_or_smooth(stats[("answer position", "breakthroughness")])
-        others = ", ".join(f"{m.rsplit('/', 1)[1]} at {x:,.0f}" for m, x in found.items()
-                           if m != last)
+        which = (f"answer position {_position(last[0])}" if len(last) == 1 else
+                 "answer positions " + ", ".join(map(_position, last)) + " (the ladder does not "
+                 "order them)")
         lines.append(
-            f"The sub-skill that appears last is answer position {last.rsplit('/', 1)[1]} "
-            f"(the first answer token is position 0): its log-probability crosses the middle of "
-            f"its range at {found[last]:,.0f} parameters" + (f" (the others: {others})"
-                                                            if others else "")
-            + ". Across the rungs its seed mean goes "
-            + ", ".join(f"{v:.2f}" for v in curve.to_numpy()) + f": {verdict}.")
+            f"The sub-skill that appears last is {which} (the first answer token is position "
+            f"0): the seed mean of its log-probability crosses the middle of its range "
+            f"{_rungs(pair)}" + (f" (the others: {others})" if others else "")
+            + ". Across the rungs it goes "
+            + ", ".join(f"{v:.2f}" for v in curves[last[0]].to_numpy()) + f": {verdict}.")
     by_slice = evidence.by_slice
     if by_slice is not None and "slice" in by_slice:
-        table = slice_transitions(by_slice)
-        table = table[(table["axis"] == "params") & table["value"].notna()]
-        if len(table):
-            latest = table.loc[table["value"].idxmax()]
-            lines.append(f"Of the eval set's slices, {split_key(latest['metric'])[1]} is solved "
-                         f"last: its exact match crosses the middle of its range at "
-                         f"{summary.describe(latest, seeds=False)} parameters.")
+        rows = by_slice[(by_slice["metric"] == "eval/exact_match") & (by_slice["slice"] != "all")]
+        curves = {name: _mean_by_rung(group)
+                  for name, group in rows.groupby("slice")}
+        last, pair = _last({name: emergence.crossing_rungs(c.index, c.to_numpy())
+                            for name, c in curves.items()})
+        if len(last) == 1:
+            lines.append(f"Of the eval set's slices, {last[0]} is solved last: the seed mean of "
+                         f"its exact match crosses the middle of its range {_rungs(pair)}, "
+                         "later than every other slice.")
+        elif last:
+            shown = ", ".join(last[:8]) + (", ..." if len(last) > 8 else "")
+            lines.append(f"{len(last)} of the eval set's {len(curves)} slices are solved last, "
+                         f"their exact match (seed mean) crossing the middle of its range "
+                         f"{_rungs(pair)} ({shown}): the ladder does not order them.")
     return lines
 
 
