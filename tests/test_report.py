@@ -255,7 +255,7 @@ def test_the_slice_transition_table_names_each_rows_series():
     df = scores_table(30)
     table = subskills.slice_transitions(by_slice(df))
     text = subskills.errors_section(by_slice(df), table)
-    rows = text.split("crosses later is a sub-skill that appears later.")[1]
+    rows = text.split("within one gap the order comes from interpolation.")[1]
     assert rows.strip().startswith("| axis | series | slice | transition |")
     assert "| step | d_model=32 | len_a=1 |" in rows
     assert "| params | all runs | len_a=3 |" in rows

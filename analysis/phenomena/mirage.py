@@ -228,7 +228,9 @@ def statistics_section(evidence) -> str | None:
         "## Emergence across model sizes",
         "Statistics of each metric against parameters at every run's last checkpoint, per "
         "seed, then over seeds: `transition` is the parameter count where the metric "
-        "crosses the middle of its range, `sharpness` its largest change per decade, "
+        "crosses the middle of its range (interpolated in log parameters between the two "
+        "rungs around the crossing, which are all the ladder resolves: the Findings name "
+        "them), `sharpness` its largest change per decade, "
         "`linearity` and `breakthroughness` BIG-bench's (Srivastava et al. 2022; "
         "breakthroughness is also Schaeffer et al. 2023's emergence score). An exact metric "
         "with high breakthroughness beside a continuous one with high linearity is the "

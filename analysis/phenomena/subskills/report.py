@@ -43,7 +43,8 @@ def errors_section(scores: pd.DataFrame,
         lines += ["", "Where exact match on each slice crosses the middle of its range "
                   f"(`transition`, as in `summary.csv`): mean and {summary.INTERVAL} of each "
                   "series (along steps, a model size and setting). A slice that crosses later "
-                  "is a sub-skill that appears later.", "",
+                  "is a sub-skill that appears later, where a rung or an evaluation lies "
+                  "between them: within one gap the order comes from interpolation.", "",
                   markdown_table(found[["axis", "series", "slice", "transition"]])]
     return "\n".join(lines)
 
