@@ -192,6 +192,26 @@ def test_the_report_opens_with_findings_written_from_the_statistics(tmp_path):
     assert "log-probability crosses the middle of its range between 10,800 and 15,504" in found
 
 
+def test_a_per_seed_verdict_says_how_many_pairings_of_seeds_into_ladders_give_it_again():
+    """A ladder's runs share only a seed number: the clean ladder's verdict survives every
+    re-pairing; one whose early solvers happen to share a seed number does not."""
+    scores = ladder(seeds=range(3))
+    table = summary.summarize(scores)
+    row = summary.select(table, "eval/exact_match", "breakthroughness", "params").iloc[0]
+    exact = scores["metric"] == "eval/exact_match"
+    assert mirage.pairings_kept(scores[exact], row) == mirage.PAIRINGS
+    # Seed 0 alone solves rungs 2 and 3: in its own ladder one jump, shuffled a zigzag.
+    solver = (scores["seed"] == 0) & scores["d_model"].isin([16, 20])
+    scores.loc[solver & (scores["metric"] == "eval/exact_match"), "value"] = 1.0
+    table = summary.summarize(scores)
+    row = summary.select(table, "eval/exact_match", "breakthroughness", "params").iloc[0]
+    kept = mirage.pairings_kept(scores[exact], row)
+    assert 0 < kept < 0.9 * mirage.PAIRINGS
+    found = mirage.findings(report.Evidence(scores, table, None, [], Path(".")))
+    assert any(f"{kept} of {mirage.PAIRINGS} random pairings" in line
+               and "rests on which models share a seed number" in line for line in found)
+
+
 def test_a_crossing_is_named_by_the_rungs_around_it_in_each_seed(tmp_path):
     scores = ladder()
     # Seed 0 solves the task one rung early: its crossing moves down a rung, the others stay.

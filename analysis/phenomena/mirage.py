@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import emergence, plots
-from analysis.summary import COLUMNS, INTERVAL, describe, number, series_labels
+from analysis.summary import COLUMNS, INTERVAL, describe, log_t_interval, number, series_labels
 from analysis.tables import markdown_table, statistics_table
 
 # Sudden: breakthroughness (signed in the metric's direction) whose interval lies above this
@@ -87,7 +87,37 @@ def seeds_to_decide(row) -> str:
     return f"; about {needed - n:.0f} more seeds per rung would decide it at this spread"
 
 
-def _verdict_sentence(row) -> str:
+# Random pairings of each rung's seeds into ladders behind `pairings_kept`.
+PAIRINGS = 100
+
+
+def pairings_kept(last: pd.DataFrame, row) -> int | None:
+    """Of PAIRINGS random pairings of each rung's runs into ladders (seed labels shuffled within
+    every rung), how many give the per-seed verdict of `row` again, from `last`: one row per
+    run of the series, its metric at the last checkpoint. A ladder's runs share only a seed
+    number, so a verdict that few pairings give rests on which models were put in one ladder.
+    None with one seed per rung."""
+    rungs = [g["value"].to_numpy(dtype=float) for _, g in last.groupby("params")]
+    if min(map(len, rungs)) < 2:
+        return None
+    word = sudden_or_smooth(row).split(" ", 1)[0]
+    rng, kept = np.random.default_rng(0), 0
+    for _ in range(PAIRINGS):
+        shuffled = [rng.permutation(values) for values in rungs]
+        ladders = [[values[i] for values in shuffled if i < len(values)]
+                   for i in range(max(map(len, shuffled)))]
+        per_ladder = [emergence.breakthroughness(y) if len(y) >= emergence.MIN_POINTS
+                      else np.nan for y in ladders]
+        interval = log_t_interval(per_ladder)
+        again = {**row, "value": interval["mean"], "low": interval["low"],
+                 "high": interval["high"], "n_seeds": interval["n"]}
+        kept += sudden_or_smooth(again).split(" ", 1)[0] == word
+    return kept
+
+
+def _verdict_sentence(row, kept: int | None = None) -> str:
+    """The verdict of `row` as a sentence; `kept`: how many of PAIRINGS random pairings of the
+    seeds into ladders give it again (pairings_kept)."""
     verdict = sudden_or_smooth(row)
     word = verdict.split(" ", 1)[0]
     name = READABLE.get(row["metric"], row["metric"])
@@ -99,7 +129,10 @@ def _verdict_sentence(row) -> str:
     return (f"{name.capitalize()} {text}: breakthroughness {describe(row)} against the "
             f"threshold {threshold:.3g} ({SUDDEN_FACTOR:g} x a straight line's over "
             f"{row['n_points']:.0f} rungs)" + (seeds_to_decide(row) if word == "unclear" else "")
-            + ".")
+            + ("" if kept is None else f"; {kept} of {PAIRINGS} random pairings of each rung's "
+               "seeds into ladders give it again" + (
+                   "" if kept >= 0.9 * PAIRINGS else ", so it rests on which models share a "
+                   "seed number")) + ".")
 
 
 def between(pairs: list[tuple[float, float]], unit: str) -> str:
@@ -152,12 +185,15 @@ def findings(evidence) -> list[str]:
     for series in dict.fromkeys(labels[verdicts.index]):
         prefix = "" if series == "all runs" else f"{series}: "
         rows = verdicts[labels[verdicts.index] == series]
-        lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
         if scores is None or scores.empty:
+            lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
             continue
-        exact = _of_series(scores, rows.iloc[0])
-        exact = exact[exact["metric"] == "eval/exact_match"]
-        last = exact[exact["step"] == exact.groupby("run")["step"].transform("max")]
+        mine = _of_series(scores, rows.iloc[0])
+        final = mine[mine["step"] == mine.groupby("run")["step"].transform("max")]
+        lines += [prefix + _verdict_sentence(row, pairings_kept(
+            final[final["metric"] == row["metric"]], row)) for _, row in rows.iterrows()]
+        exact = mine[mine["metric"] == "eval/exact_match"]
+        last = final[final["metric"] == "eval/exact_match"]
         where = [text for axis in ("params", "flops")
                  if (text := between(_per_seed(last, axis, "seed"), AXIS_NAMES[axis]))]
         if where:
