@@ -269,3 +269,12 @@ def series_labels(rows: pd.DataFrame) -> pd.Series:
                                 for k, v in zip(keys, values, strict=True) if pd.notna(v))
                       or "all runs" for values in rows[keys].itertuples(index=False)],
                      index=rows.index)
+
+
+def of_series(scores: pd.DataFrame, row) -> pd.DataFrame:
+    """The scores of the series a summary row describes (its coordinates that are set)."""
+    keep = pd.Series(True, index=scores.index)
+    for name, value in row.items():
+        if name not in COLUMNS and name in scores and pd.notna(value):
+            keep &= scores[name] == value
+    return scores[keep]

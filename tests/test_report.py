@@ -278,4 +278,6 @@ def test_the_slice_transition_table_names_each_rows_series():
     rows = text.split("within one gap the order comes from interpolation.")[1]
     assert rows.strip().startswith("| axis | series | slice | transition |")
     assert "| step | d_model=32 | len_a=1 |" in rows
-    assert "| params | all runs | len_a=3 |" in rows
+    assert "| params | all runs | len_a=1 |" in rows
+    # len_a=3 ends at exact match 0.16-0.34 on the top rung: its "middle" would be noise.
+    assert "len_a=3" not in rows and "| step | d_model=24 |" not in rows

@@ -13,7 +13,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import emergence, plots
-from analysis.summary import COLUMNS, INTERVAL, describe, log_t_interval, number, series_labels
+from analysis.summary import (
+    INTERVAL,
+    describe,
+    log_t_interval,
+    number,
+    of_series,
+    series_labels,
+)
 from analysis.tables import markdown_table, statistics_table
 
 # Sudden: breakthroughness (signed in the metric's direction) whose interval lies above this
@@ -162,15 +169,6 @@ def _per_seed(rows: pd.DataFrame, x: str, by: str) -> list[tuple[float, float]]:
             for _, group in groups for curve in [group.groupby(x)["value"].mean()]]
 
 
-def _of_series(scores: pd.DataFrame, row) -> pd.DataFrame:
-    """The scores of the series a summary row describes (its coordinates that are set)."""
-    keep = pd.Series(True, index=scores.index)
-    for name, value in row.items():
-        if name not in COLUMNS and name in scores and pd.notna(value):
-            keep &= scores[name] == value
-    return scores[keep]
-
-
 def findings(evidence) -> list[str]:
     """Per series with several sizes: a sentence per verdict, between which rungs exact match
     crosses mid-range (parameters, FLOPs, and steps for the largest model), and which rungs the
@@ -188,7 +186,7 @@ def findings(evidence) -> list[str]:
         if scores is None or scores.empty:
             lines += [prefix + _verdict_sentence(row) for _, row in rows.iterrows()]
             continue
-        mine = _of_series(scores, rows.iloc[0])
+        mine = of_series(scores, rows.iloc[0])
         final = mine[mine["step"] == mine.groupby("run")["step"].transform("max")]
         lines += [prefix + _verdict_sentence(row, pairings_kept(
             final[final["metric"] == row["metric"]], row)) for _, row in rows.iterrows()]

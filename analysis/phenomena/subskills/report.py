@@ -19,6 +19,20 @@ from analysis.tables import markdown_table
 EXCLUDED = (POSITION_PREFIX,)  # per position: read by the forecast, no curves of their own
 
 
+SOLVED = 0.5  # the exact match at which a slice counts as solved
+
+
+def _solved(by_slice: pd.DataFrame, row) -> bool:
+    """Whether most runs of the series and slice a slice-transition row describes (along
+    parameters or FLOPs, those of its largest rung) end with exact match >= SOLVED."""
+    rows = summary.of_series(by_slice, row)
+    rows = rows[(rows["metric"] + "@" + rows["slice"]) == row["metric"]]
+    final = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    if row["axis"] != "step":
+        final = final[final["params"] == final["params"].max()]
+    return bool(len(final)) and (final["value"] >= SOLVED).mean() > 0.5
+
+
 def errors_section(scores: pd.DataFrame,
                    transitions: pd.DataFrame | None = None) -> str | None:
     """The report's "Where the errors are" section (None when the set has no slices), with the
@@ -35,14 +49,17 @@ def errors_section(scores: pd.DataFrame,
              markdown_table(table.reset_index().rename(columns={"count": "runs"}))]
     if transitions is not None and transitions["value"].notna().any():
         found = transitions[transitions["value"].notna()]
-        found = found.assign(series=summary.series_labels(found),
-                             slice=found["metric"].str.split("@").str[1],
+        found = found.assign(series=summary.series_labels(found))  # before rows go
+        found = found[[_solved(scores, row) for _, row in found.iterrows()]]
+        found = found.assign(slice=found["metric"].str.split("@").str[1],
                              transition=[summary.describe(r) for _, r in found.iterrows()])
         found = found.sort_values(["axis", "series", "value"], key=lambda c: c.map(
             {"params": 0, "flops": 1, "step": 2}) if c.name == "axis" else c)
         lines += ["", "Where exact match on each slice crosses the middle of its range "
                   f"(`transition`, as in `summary.csv`): mean and {summary.INTERVAL} of each "
-                  "series (along steps, a model size and setting). A slice that crosses later "
+                  "series (along steps, a model size and setting), where most of the series' "
+                  f"runs end with the slice solved (exact match >= {SOLVED}): the middle of a "
+                  "curve that stays low is noise, not a sub-skill. A slice that crosses later "
                   "is a sub-skill that appears later, where a rung or an evaluation lies "
                   "between them: within one gap the order comes from interpolation.", "",
                   markdown_table(found[["axis", "series", "slice", "transition"]])]
