@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import NullFormatter, NullLocator
 
 from analysis.phenomena.subskills import POSITION_PREFIX as POSITION
 from analysis.plots import colours as plot_colours
@@ -259,11 +259,17 @@ def figure(result: pd.DataFrame, steps: pd.DataFrame | None = None) -> Figure:
             held = mean[mean["held_out"]]
             ax.plot(held["x"], held["measured"], "o", ms=6, mfc="white", color=color)
         ax.set(xscale="log", xlabel="step", ylabel="exact match", ylim=(-0.05, 1.05),
-               title=f"along training ({method}): lines forecast, dots measured "
-                     "(seed mean; hollow: held out)")
+               title=f"along training ({method}): lines forecast,\ndots measured (seed mean; "
+                     "hollow: held out)")
         ax.legend(fontsize=7, loc="upper left")
-    for ax in axes:
-        ax.xaxis.set_minor_formatter(NullFormatter())  # labels on decades only
+    for ax, x in zip(axes, (result["x"], steps["x"] if panels == 2 else None), strict=False):
+        # A ladder spans about a decade: label its own rungs (evaluations), not decades.
+        ticks = np.unique(x)
+        ticks = ticks[:: max(1, len(ticks) // 8)]
+        ax.set_xticks(ticks, [f"{t:,.0f}" if t < 1e7 else f"{t:.2g}" for t in ticks],
+                      rotation=30)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
     return fig
 
 
