@@ -17,6 +17,8 @@ Statistics (the module):
 - `EXCLUDED`: metric prefixes (per head, per position) that are no curves of their own.
 - `STEP_EVENTS`, `STEP_EVENTS_TEXT`: statistics along steps that the report's events table
   lists, and the sentence that explains them.
+- `STEP_MARKS`: statistics that are a step where something happens, which other phenomena's
+  figures along steps may mark (the LLC's).
 - `KEY_METRICS`: final metrics the report's runs table shows.
 
 Report (the module; `evidence` is analysis.report.Evidence):

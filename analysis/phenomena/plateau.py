@@ -12,6 +12,7 @@ from analysis.emergence import running_median, sorted_curve
 METRIC = "eval/loss"
 STEP_EVENTS = ("drop_start", "drop_end", "abruptness")
 NON_NEGATIVE = STEP_EVENTS  # steps, and a plateau's length in drops
+STEP_MARKS = ("drop_start", "drop_end")
 STEP_EVENTS_TEXT = ("Plateau and drop (Barak et al. 2022) of the eval loss: `abruptness` is the "
                     "plateau's length in units of the drop's, far above 1 for a sudden drop.")
 

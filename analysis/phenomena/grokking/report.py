@@ -26,6 +26,7 @@ PROGRESS_EVENTS = ("restricted_halved_step", "lead_steps", "lead_evaluations", "
 STEP_EVENTS = ("memorization_step", "generalization_step", "grokking_ratio", *PROGRESS_EVENTS)
 NON_NEGATIVE = ("memorization_step", "generalization_step", "grokking_ratio",
                 "restricted_halved_step")
+STEP_MARKS = ("memorization_step", "generalization_step", "restricted_halved_step")
 STEP_EVENTS_TEXT = "Grokking: first steps where train and test accuracy reach 0.99."
 KEY_METRICS = (WEIGHT_NORM, FOURIER)
 

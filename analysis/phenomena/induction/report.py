@@ -27,6 +27,7 @@ STEP_EVENTS = ("phase_change_step", "phase_change_largest_fall", "phase_change_r
                "head_formation_step", "coincides_with_prefix_matching")
 NON_NEGATIVE = ("phase_change_step", "phase_change_start", "phase_change_end",
                 "head_formation_step")
+STEP_MARKS = NON_NEGATIVE
 STEP_EVENTS_TEXT = ("Induction: the phase change of the loss on the repeat (rule under Verdicts), "
                     "the step where an induction head forms, and whether they coincide (the "
                     "share of seeds).")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis import phenomena
 from analysis.emergence import TABLE_COLUMNS
 from analysis.summary import COLUMNS, describe, log_t_interval, series_labels, t_interval
 
@@ -26,10 +27,6 @@ REVERSAL = 0.1
 # The events' dashed lines: matplotlib's Dark2, apart from the seeds' colours (C0, C1, ...).
 EVENT_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
                  "#666666")
-# Step-axis statistics of the summary shown beside the boundaries, as events.
-EVENTS = ("memorization_step", "generalization_step", "restricted_halved_step",
-          "phase_change_step", "phase_change_start", "phase_change_end", "head_formation_step",
-          "drop_start", "drop_end")
 
 
 def turning_points(y, threshold: float) -> list[tuple[int, str]]:
@@ -133,10 +130,12 @@ def _over_seeds(per_seed: list[tuple[float, str]], log: bool) -> dict:
 
 
 def _events(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary's step-axis events (EVENTS, and transitions of exact match) with a value."""
-    rows = table[(table["axis"] == "step") & table["value"].notna()
-                 & (table["statistic"].isin(EVENTS) | ((table["statistic"] == "transition")
-                    & table["metric"].str.startswith("eval/exact_match")))]
+    """The summary's step-axis events (the phenomena's STEP_MARKS, and transitions of exact
+    match) with a value."""
+    marks = table["statistic"].isin(phenomena.gather("STEP_MARKS"))
+    crossing = (table["statistic"] == "transition") & table["metric"].str.startswith(
+        "eval/exact_match")
+    rows = table[(table["axis"] == "step") & table["value"].notna() & (marks | crossing)]
     return rows.assign(event=np.where(rows["statistic"] == "transition",
                                       rows["metric"] + " transition", rows["statistic"]))
 
