@@ -72,10 +72,10 @@ def test_a_sweep_runs_every_point_as_a_slurm_job(tmp_path):
 
 
 # About 60 s of training on an idle 2-core machine (2,000 steps took 23 s: a run finished
-# before the signal), and SIGUSR2 signal_delay_s=30 before the 1 min limit, which SLURM may send
-# earlier, never later: the first attempt is signalled part-way. Once it has saved and been requeued, the test lifts
-# the job's time limit (as an admin may), so that the second attempt finishes however loaded
-# the machine is: exactly one requeue.
+# before the signal), and SIGUSR2 signal_delay_s=30 before the 1 min limit, which SLURM may
+# send earlier, never later: the first attempt is signalled part-way. Once it has saved and
+# been requeued, the test lifts the job's time limit (as an admin may), so that the second
+# attempt finishes however loaded the machine is: exactly one requeue.
 REQUEUED = ["model.d_model=64", "model.n_layers=2", "train.steps=5000", "train.log_every=50",
             "train.eval_every=500", "checkpoint.every=null"]
 
