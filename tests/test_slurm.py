@@ -71,13 +71,26 @@ def test_a_sweep_runs_every_point_as_a_slurm_job(tmp_path):
     assert f"#SBATCH --partition={PARTITION}" in script.read_text()
 
 
-# About 60 s of training on an idle 2-core machine (2,000 steps took 23 s: a run finished
-# before the signal), and SIGUSR2 signal_delay_s=30 before the 1 min limit, which SLURM may
-# send earlier, never later: the first attempt is signalled part-way. Once it has saved and
-# been requeued, the test lifts the job's time limit (as an admin may), so that the second
-# attempt finishes however loaded the machine is: exactly one requeue.
-REQUEUED = ["model.d_model=64", "model.n_layers=2", "train.steps=5000", "train.log_every=50",
+# About 3 min of training on an idle 2-core machine. The job starts with a long limit, which
+# the test lowers to 2 min once training is under way: SLURM sends SIGUSR2 signal_delay_s=30
+# before the limit, or up to a minute earlier, so a limit set at submission could signal
+# before the job's Python had installed its handlers (a 1 min limit did, killing the job),
+# and a short run could finish before a late signal (2,000 and 5,000 steps did). Once the run
+# has saved and been requeued, the test lifts the limit again (as an admin may), so that the
+# second attempt finishes however loaded the machine is: exactly one requeue.
+REQUEUED = ["model.d_model=64", "model.n_layers=2", "train.steps=15000", "train.log_every=50",
             "train.eval_every=500", "checkpoint.every=null"]
+
+
+def job_id(out: Path) -> str:
+    """The SLURM job id of the one-point sweep in `out`."""
+    (job,) = [p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()]
+    return job
+
+
+def set_time_limit(out: Path, minutes: int) -> None:
+    subprocess.run(["scontrol", "update", f"JobId={job_id(out)}", f"TimeLimit={minutes}"],
+                   check=True)
 
 
 def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(tmp_path):
@@ -85,26 +98,27 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(tmp_path):
     train(reference, *REQUEUED)
     proc = subprocess.Popen(
         [sys.executable, "-m", "train", "-m", *TINY, *ON_CPU_NODES, f"hydra.sweep.dir={out}",
-         *REQUEUED, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+         *REQUEUED, "hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=30",
          "hydra.launcher.max_num_timeout=1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = out / "0"
+    wait_for(run / "checkpoints/step_0000000", timeout=240)  # step 0 is saved under the handlers
+    set_time_limit(out, 2)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if (run / "summary.json").exists() and read(run / "summary.json")["status"] == "preempted":
             break
         time.sleep(0.2)
     assert read(run / "summary.json")["status"] == "preempted", "no SIGUSR2 before the end"
-    (job,) = [p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()]
-    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True)
+    set_time_limit(out, 10)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
 
     resumed = read(run / "run.json")["resumed"]
-    assert len(resumed) == 1 and 0 < resumed[0]["step"] < 5000  # stopped mid-run, once
+    assert len(resumed) == 1 and 0 < resumed[0]["step"] < 15000  # stopped mid-run, once
     assert read(run / "summary.json")["status"] == "completed"
     assert records(run) == records(reference)
-    assert_same_weights(weights(run, 5000), weights(reference, 5000))
+    assert_same_weights(weights(run, 15000), weights(reference, 15000))
 
 
 def test_a_job_requeued_by_slurm_is_waited_for_and_resumes_exactly(tmp_path):
@@ -120,8 +134,7 @@ def test_a_job_requeued_by_slurm_is_waited_for_and_resumes_exactly(tmp_path):
          *steps], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = out / "0"
     wait_for(run / "checkpoints/step_0000004", timeout=240)
-    (job,) = [p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()]
-    subprocess.run(["scontrol", "requeue", job], check=True)
+    subprocess.run(["scontrol", "requeue", job_id(out)], check=True)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     assert read(run / "summary.json")["status"] == "completed"  # as the command ended
