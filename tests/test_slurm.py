@@ -78,7 +78,8 @@ def test_a_sweep_runs_every_point_as_a_slurm_job(tmp_path):
 # and a short run could finish before a late signal (2,000 and 5,000 steps did). Once the run
 # has saved and been requeued, the test lifts the limit again (as an admin may), so that the
 # second attempt finishes however loaded the machine is: exactly one requeue.
-REQUEUED = ["model.d_model=64", "model.n_layers=2", "train.steps=15000", "train.log_every=50",
+STEPS = 15000
+REQUEUED = ["model.d_model=64", "model.n_layers=2", f"train.steps={STEPS}", "train.log_every=50",
             "train.eval_every=500", "checkpoint.every=null"]
 
 
@@ -115,10 +116,10 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
 
     resumed = read(run / "run.json")["resumed"]
-    assert len(resumed) == 1 and 0 < resumed[0]["step"] < 15000  # stopped mid-run, once
+    assert len(resumed) == 1 and 0 < resumed[0]["step"] < STEPS  # stopped mid-run, once
     assert read(run / "summary.json")["status"] == "completed"
     assert records(run) == records(reference)
-    assert_same_weights(weights(run, 15000), weights(reference, 15000))
+    assert_same_weights(weights(run, STEPS), weights(reference, STEPS))
 
 
 def test_a_job_requeued_by_slurm_is_waited_for_and_resumes_exactly(tmp_path):
